@@ -7,7 +7,7 @@ global namespace (PyPI already has a package called ``kernels``).
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "ebsr_basicsr" / "__init__.py").read_text()).group(1)
@@ -26,19 +26,18 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=[
-        "ebsr_basicsr",
-        "ebsr_basicsr.ops",
-        "ebsr_basicsr.archs",
-        "ebsr_basicsr.kernels",
-        "ebsr_basicsr.cli",
-    ],
+    packages=find_packages(include=["ebsr_basicsr", "ebsr_basicsr.*"]) + ["ebsr_basicsr.kernels", "ebsr_basicsr.cli"],
     package_dir={"ebsr_basicsr.kernels": "kernels", "ebsr_basicsr.cli": "cli"},
     package_data={"ebsr_basicsr": ["weights/*.ebsr"]},
     install_requires=RUNTIME,
     extras_require={"train": TRAIN, "test": TEST, "all": TRAIN + TEST},
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "ebsr-upscale = ebsr_basicsr.cli.upscale:main",
+            "ebsr-export = ebsr_basicsr.cli.export:main",
+            "ebsr-prepare = ebsr_basicsr.cli.prepare:main",
+            "basicsr = ebsr_basicsr.cli.basicsr_cli:main",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
