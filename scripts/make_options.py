@@ -1,0 +1,454 @@
+"""Write the BasicSR option files under options/ (run once; the YAMLs are committed).
+
+    python scripts/make_options.py            # (re)write options/...
+    python scripts/make_options.py --check    # exit 1 if a committed file differs
+
+What it writes (paths follow BasicSR's conventions, relative to the directory you run
+``basicsr train`` from):
+
+* ``options/ebsr_x4.yml``: EBSR-light x4, the papers' recipe (see below).
+* ``options/train/<Arch>/train_<Arch>_x<s>.yml`` for the five architectures and s = 2, 3, 4:
+  the same recipe on DIV2K (``datasets/DIV2K/DIV2K_train_HR_sub`` +
+  ``DIV2K_train_LR_bicubic/X<s>_sub``, made by ``ebsr-prepare``), validation on Set5.
+* ``options/test/<Arch>/test_<Arch>_x<s>.yml``: Set5, Set14, B100 (BSDS100), Urban100 and
+  Manga109 in BasicSR's benchmark layout (``datasets/<Set>/GTmod12`` + ``LRbicx<s>``),
+  PSNR and SSIM on Y with ``crop_border = s``, loading the EMA weights of the matching
+  training run.
+* ``options/train/CPU/train_EBSRNet_photos_x4_cpu.yml`` (+ its test file): a small EBSRNet
+  that trains in minutes on 2 CPU cores on photos prepared with ``ebsr-prepare``.
+
+The recipe (BNN-SR, E2FIF, EBSR, SCALES papers): LR patches of 48 px (HR 192 at x4), batch
+16, Adam lr 2e-4 betas (0.9, 0.99), 300k iterations with the lr halved at 200k, L1 loss,
+EMA 0.999. SCALESSwinIR uses the same recipe so that all five are trained alike.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIONS = ROOT / "options"
+SCALES = (2, 3, 4)
+LR_PATCH = 48
+TEST_SETS = (  # (name shown in the log, folder under datasets/)
+    ("Set5", "Set5"),
+    ("Set14", "Set14"),
+    ("B100", "BSDS100"),
+    ("Urban100", "Urban100"),
+    ("Manga109", "Manga109"),
+)
+DIV2K_MEAN = "[0.4488, 0.4371, 0.4040]"
+
+# network_g of each architecture, without type/upscale; values are YAML text, in order.
+CNN_COMMON = [("num_in_ch", "3"), ("num_out_ch", "3"), ("num_feat", "64"), ("num_block", "16")]
+CNN_TAIL = [("upsampler", "fp"), ("img_range", "1.0"), ("rgb_mean", DIV2K_MEAN), ("image_skip", "~")]
+ARCHS = {
+    "BNNSR": dict(
+        about="BNN-SR (Ma et al. 2019): binary weights inside the residual blocks, FP activations",
+        size="f64b16",
+        net=CNN_COMMON + CNN_TAIL,
+        comments={},
+    ),
+    "E2FIFNet": dict(
+        about="E2FIF: binary convs with an FP shortcut and BatchNorm each (SRResNet-E2FIF size)",
+        size="f64b16",
+        net=CNN_COMMON + CNN_TAIL + [("act_quantizer", "approx_sign"), ("pad_value", "1.0")],
+        comments={"pad_value": "padding of the binarized map: +1 so it maps onto packed bits"},
+    ),
+    "EBSRNet": dict(
+        about="EBSR-light: spatial re-scaling + input-dependent channel shift and re-scaling",
+        size="f64b16",
+        net=CNN_COMMON + CNN_TAIL + [
+            ("act_quantizer", "approx_sign"), ("pad_value", "1.0"), ("spatial", "conv"),
+            ("channel", "mlp"), ("shift", "dynamic"), ("mlp_ratio", "0.25"),
+        ],
+        comments={
+            "spatial": "conv (1x1 conv + sigmoid) | absmean | ~",
+            "channel": "mlp (GAP -> MLP -> sigmoid) | ~",
+            "shift": "dynamic (from the channel MLP) | static (RSign) | ~",
+            "mlp_ratio": "hidden width of the channel MLP / num_feat",
+        },
+    ),
+    "SCALESNet": dict(
+        about="SCALES (CNN): layer-wise scale + cheap spatial and channel re-scaling",
+        size="f64b16",
+        net=CNN_COMMON + CNN_TAIL + [
+            ("pad_value", "1.0"), ("layer_scale", "true"), ("spatial", "absmean"), ("channel", "affine"),
+        ],
+        comments={
+            "layer_scale": "learnable per-layer alpha (elastic binarization); false: RSign",
+            "spatial": "absmean (box-filtered mean_c|x|, no parameters) | conv | ~",
+            "channel": "affine (per-channel w*GAP+b, sigmoid) | mlp | ~",
+        },
+    ),
+    "SCALESSwinIR": dict(
+        about="SCALES on lightweight SwinIR: binary qkv/proj/fc1/fc2 with token/feature re-scaling",
+        size="f60s4d6",
+        net=[
+            ("num_in_ch", "3"), ("num_out_ch", "3"), ("num_feat", "60"), ("num_block", "4"),
+            ("depth", "6"), ("num_heads", "6"), ("window_size", "8"), ("mlp_ratio", "2.0"),
+            ("upsampler", "light"), ("img_range", "1.0"), ("rgb_mean", DIV2K_MEAN),
+            ("layer_scale", "true"), ("spatial", "absmean"), ("channel", "affine"),
+        ],
+        comments={
+            "num_block": "residual Swin stages",
+            "depth": "Swin blocks per stage",
+            "upsampler": "light: one FP conv to 3*s*s channels + PixelShuffle (SwinIR-light)",
+        },
+    ),
+}
+NET_COMMENTS = {
+    "upsampler": "fp | binary (BBCU-M style) | light",
+    "image_skip": "~ | bilinear (add the bilinearly upscaled input)",
+    "act_quantizer": "approx_sign (Bi-Real gradient) | ste_sign | rsign",
+}
+
+HEADER = "# GENERATED by scripts/make_options.py: edit the script and rerun it, not this file.\n"
+
+
+def network_block(arch: str, scale: int, overrides: dict | None = None) -> str:
+    spec = ARCHS[arch]
+    lines = ["# network structures", "network_g:", f"  type: {arch}"]
+    items = list(spec["net"])
+    overrides = overrides or {}
+    items = [(k, overrides.get(k, v)) for k, v in items]
+    items.insert(2, ("upscale", str(scale)))  # after num_out_ch
+    for key, value in items:
+        comment = spec["comments"].get(key) or NET_COMMENTS.get(key)
+        lines.append(f"  {key}: {value}" + (f"  # {comment}" if comment else ""))
+    return "\n".join(lines) + "\n"
+
+
+def metrics_block(scale: int, indent: str = "  ") -> str:
+    return (
+        f"{indent}metrics:\n"
+        f"{indent}  psnr:  # metric name, free text\n"
+        f"{indent}    type: calculate_psnr\n"
+        f"{indent}    crop_border: {scale}\n"
+        f"{indent}    test_y_channel: true\n"
+        f"{indent}  ssim:\n"
+        f"{indent}    type: calculate_ssim\n"
+        f"{indent}    crop_border: {scale}\n"
+        f"{indent}    test_y_channel: true\n"
+    )
+
+
+def train_name(arch: str, scale: int) -> str:
+    return f"{arch}_x{scale}_{ARCHS[arch]['size']}_DIV2K_300k_B16"
+
+
+def train_yaml(arch: str, scale: int, title: str | None = None, note: str = "") -> str:
+    gt = LR_PATCH * scale
+    name = train_name(arch, scale)
+    return f"""{HEADER}# {title or ARCHS[arch]['about']}, x{scale}.{note}
+# Recipe of the binary SR papers: DIV2K sub-images, HR patch {gt} (LR {LR_PATCH}), batch 16,
+# Adam 2e-4 betas (0.9, 0.99), 300k iterations, lr halved at 200k, L1 loss, EMA 0.999.
+# Data: ebsr-prepare datasets/DIV2K/DIV2K_train_HR --out datasets/DIV2K --workers 8
+#       (and Set5 HR -> ebsr-prepare <Set5 HR> --out datasets/Set5 --val)
+# Train: basicsr train -opt {{this file}} [--auto_resume]   (from the folder holding datasets/)
+
+# general settings
+name: {name}
+model_type: SRModel
+scale: {scale}
+num_gpu: auto  # auto = all visible GPUs; 0 = CPU
+manual_seed: 0
+
+# dataset and data loader settings
+datasets:
+  train:
+    name: DIV2K
+    type: PairedImageDataset
+    dataroot_gt: datasets/DIV2K/DIV2K_train_HR_sub
+    dataroot_lq: datasets/DIV2K/DIV2K_train_LR_bicubic/X{scale}_sub
+    # (for lmdb: ebsr-prepare ... --lmdb, then)
+    # dataroot_gt: datasets/DIV2K/DIV2K_train_HR_sub.lmdb
+    # dataroot_lq: datasets/DIV2K/DIV2K_train_LR_bicubic_X{scale}_sub.lmdb
+    filename_tmpl: '{{}}'
+    io_backend:
+      type: disk
+      # (for lmdb)
+      # type: lmdb
+
+    gt_size: {gt}  # HR patch; the LR patch is gt_size / scale = {LR_PATCH}
+    use_hflip: true
+    use_rot: true
+
+    # data loader
+    num_worker_per_gpu: 6
+    batch_size_per_gpu: 16
+    dataset_enlarge_ratio: 100  # repeat the sub-image list: fewer, longer epochs
+    prefetch_mode: ~
+
+  val:
+    name: Set5
+    type: PairedImageDataset
+    dataroot_gt: datasets/Set5/GTmod12
+    dataroot_lq: datasets/Set5/LRbicx{scale}
+    io_backend:
+      type: disk
+
+{network_block(arch, scale)}
+# path
+path:
+  pretrain_network_g: ~
+  param_key_g: params
+  strict_load_g: true
+  resume_state: ~
+
+# training settings
+train:
+  ema_decay: 0.999  # validation and net_g_*.pth 'params_ema' use the EMA weights
+  optim_g:
+    type: Adam
+    lr: !!float 2e-4
+    weight_decay: 0
+    betas: [0.9, 0.99]
+
+  scheduler:
+    type: MultiStepLR
+    milestones: [200000]
+    gamma: 0.5
+
+  total_iter: 300000
+  warmup_iter: -1  # no warm up
+
+  # losses
+  pixel_opt:
+    type: L1Loss
+    loss_weight: 1.0
+    reduction: mean
+
+# validation settings
+val:
+  val_freq: !!float 5e3
+  save_img: false
+
+{metrics_block(scale)}
+# logging settings
+logger:
+  print_freq: 100
+  save_checkpoint_freq: !!float 5e3
+  use_tb_logger: true
+  wandb:
+    project: ~
+    resume_id: ~
+
+# dist training settings
+dist_params:
+  backend: nccl
+  port: 29500
+"""
+
+
+def test_yaml(arch: str, scale: int) -> str:
+    name = train_name(arch, scale)
+    sets = []
+    for i, (label, folder) in enumerate(TEST_SETS, 1):
+        sets.append(
+            f"  test_{i}:\n"
+            f"    name: {label}\n"
+            f"    type: PairedImageDataset\n"
+            f"    dataroot_gt: datasets/{folder}/GTmod12\n"
+            f"    dataroot_lq: datasets/{folder}/LRbicx{scale}\n"
+            f"    io_backend:\n"
+            f"      type: disk\n"
+        )
+    return f"""{HEADER}# Test {arch} x{scale} on the five SR benchmarks (PSNR/SSIM on Y, crop_border {scale}).
+# Data: each benchmark's HR images -> ebsr-prepare <HR folder> --out datasets/<Set> --val
+#       (or BasicSR's downloaded benchmark folders, same GTmod12/LRbicxN layout)
+# Test: basicsr test -opt {{this file}}   -> results/{name}/
+
+# general settings
+name: {name}
+model_type: SRModel
+scale: {scale}
+num_gpu: auto  # auto = all visible GPUs; 0 = CPU
+manual_seed: 0
+
+# test dataset settings
+datasets:
+{"".join(sets)}
+{network_block(arch, scale)}
+# path
+path:
+  pretrain_network_g: experiments/{name}/models/net_g_latest.pth
+  param_key_g: params_ema
+  strict_load_g: true
+
+# validation settings
+val:
+  save_img: true
+  suffix: ~  # add suffix to saved images, if None, use exp name
+
+{metrics_block(scale)}"""
+
+
+# ------------------------------------------------------------------------ CPU recipe
+CPU_NAME = "EBSRNet_photos_x4_f32b4_cpu"
+CPU_NET = {"num_feat": "32", "num_block": "4"}
+
+
+def cpu_train_yaml() -> str:
+    return f"""{HEADER}# A small EBSRNet x4 that trains in minutes on 2 CPU cores (num_gpu: 0): same network
+# family and loss as options/ebsr_x4.yml, smaller (32 channels x 4 blocks), small patches
+# and few iterations. Prepare the photos once, from the folder you train in:
+#   ebsr-prepare <photos-train> --out datasets/photos --name photos --scales 4 \\
+#       --crop-size 192 --step 96 --min-grad 2
+#   ebsr-prepare <photos-val> --out datasets/photos_val --val
+# Then: basicsr train -opt options/train/CPU/train_EBSRNet_photos_x4_cpu.yml [--auto_resume]
+
+# general settings
+name: {CPU_NAME}
+model_type: SRModel
+scale: 4
+num_gpu: 0  # CPU
+manual_seed: 0
+
+# dataset and data loader settings
+datasets:
+  train:
+    name: photos
+    type: PairedImageDataset
+    dataroot_gt: datasets/photos/photos_train_HR_sub
+    dataroot_lq: datasets/photos/photos_train_LR_bicubic/X4_sub
+    filename_tmpl: '{{}}'
+    io_backend:
+      type: disk
+
+    gt_size: 64  # HR patch (LR 16)
+    use_hflip: true
+    use_rot: true
+
+    # data loader
+    num_worker_per_gpu: 1  # one loader process next to the 2 compute threads
+    batch_size_per_gpu: 8
+    dataset_enlarge_ratio: 1
+    prefetch_mode: ~
+
+  val:
+    name: photos_val
+    type: PairedImageDataset
+    dataroot_gt: datasets/photos_val/GTmod12
+    dataroot_lq: datasets/photos_val/LRbicx4
+    io_backend:
+      type: disk
+
+{network_block("EBSRNet", 4, CPU_NET)}
+# path
+path:
+  pretrain_network_g: ~
+  param_key_g: params
+  strict_load_g: true
+  resume_state: ~
+
+# training settings
+train:
+  ema_decay: 0.999
+  optim_g:
+    type: Adam
+    lr: !!float 5e-4  # higher than the 2e-4 of the long recipe: few iterations
+    weight_decay: 0
+    betas: [0.9, 0.99]
+
+  scheduler:
+    type: MultiStepLR
+    milestones: [2000]  # halve at 2/3, as the long recipe
+    gamma: 0.5
+
+  total_iter: 3000
+  warmup_iter: -1  # no warm up
+
+  # losses
+  pixel_opt:
+    type: L1Loss
+    loss_weight: 1.0
+    reduction: mean
+
+# validation settings
+val:
+  val_freq: 500
+  save_img: false
+
+{metrics_block(4)}
+# logging settings
+logger:
+  print_freq: 100
+  save_checkpoint_freq: 500
+  use_tb_logger: false
+  wandb:
+    project: ~
+    resume_id: ~
+"""
+
+
+def cpu_test_yaml() -> str:
+    return f"""{HEADER}# Test the CPU recipe's model on the prepared photos_val (see train/CPU/).
+# basicsr test -opt options/test/CPU/test_EBSRNet_photos_x4_cpu.yml
+
+# general settings
+name: {CPU_NAME}
+model_type: SRModel
+scale: 4
+num_gpu: 0  # CPU
+manual_seed: 0
+
+# test dataset settings
+datasets:
+  test_1:
+    name: photos_val
+    type: PairedImageDataset
+    dataroot_gt: datasets/photos_val/GTmod12
+    dataroot_lq: datasets/photos_val/LRbicx4
+    io_backend:
+      type: disk
+
+{network_block("EBSRNet", 4, CPU_NET)}
+# path
+path:
+  pretrain_network_g: experiments/{CPU_NAME}/models/net_g_latest.pth
+  param_key_g: params_ema
+  strict_load_g: true
+
+# validation settings
+val:
+  save_img: true
+  suffix: ~  # add suffix to saved images, if None, use exp name
+
+{metrics_block(4)}"""
+
+
+def all_files() -> dict[Path, str]:
+    note = ("\n# The same run as options/train/EBSRNet/train_EBSRNet_x4.yml (same name, so the same\n"
+            "# experiments/ folder); test it with options/test/EBSRNet/test_EBSRNet_x4.yml.")
+    files = {OPTIONS / "ebsr_x4.yml": train_yaml("EBSRNet", 4, "EBSR-light (EBSRNet, 16 blocks x 64)", note)}
+    for arch in ARCHS:
+        for s in SCALES:
+            files[OPTIONS / "train" / arch / f"train_{arch}_x{s}.yml"] = train_yaml(arch, s)
+            files[OPTIONS / "test" / arch / f"test_{arch}_x{s}.yml"] = test_yaml(arch, s)
+    files[OPTIONS / "train" / "CPU" / "train_EBSRNet_photos_x4_cpu.yml"] = cpu_train_yaml()
+    files[OPTIONS / "test" / "CPU" / "test_EBSRNet_photos_x4_cpu.yml"] = cpu_test_yaml()
+    return {path: text.replace("{this file}", path.relative_to(ROOT).as_posix()) for path, text in files.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="only compare with the files on disk")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in all_files().items():
+        if args.check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(path)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    if args.check and stale:
+        sys.stderr.write("out of date: " + ", ".join(str(p.relative_to(ROOT)) for p in stale) + "\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

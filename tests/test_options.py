@@ -1,0 +1,126 @@
+"""Every BasicSR option file under options/ parses and builds its network."""
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTION_FILES = sorted((ROOT / "options").rglob("*.yml"))
+SECTION_ORDER = ["name", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "network_g",
+                 "path", "train", "val", "logger", "dist_params"]
+OUR_ARCHS = {"BNNSR", "E2FIFNet", "EBSRNet", "SCALESNet", "SCALESSwinIR"}
+
+
+@pytest.fixture(scope="module")
+def basicsr_env():
+    pytest.importorskip("basicsr")
+    from ebsr_basicsr import _basicsr_compat
+
+    _basicsr_compat.setup()
+    from basicsr.archs import build_network
+    from basicsr.utils.options import ordered_yaml
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    return ARCH_REGISTRY, build_network, ordered_yaml()[0]
+
+
+def _load(path, loader):
+    import yaml
+
+    with open(path) as f:
+        return yaml.load(f, Loader=loader)
+
+
+def _rel(path):
+    return path.relative_to(ROOT).as_posix()
+
+
+def test_option_files_exist():
+    names = {_rel(p) for p in OPTION_FILES}
+    assert "options/ebsr_x4.yml" in names
+    for arch in OUR_ARCHS:
+        for s in (2, 3, 4):
+            assert f"options/train/{arch}/train_{arch}_x{s}.yml" in names
+            assert f"options/test/{arch}/test_{arch}_x{s}.yml" in names
+
+
+def test_generated_files_are_up_to_date():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_options.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("path", OPTION_FILES, ids=_rel)
+def test_option_file(path, basicsr_env):
+    registry, build_network, loader = basicsr_env
+    opt = _load(path, loader)
+
+    # BasicSR's section order: general, datasets, network_g, path, train, val, logger
+    present = [k for k in opt if k in SECTION_ORDER]
+    assert present == sorted(present, key=SECTION_ORDER.index), f"sections out of order: {list(opt)}"
+    for key in ("name", "model_type", "scale", "num_gpu", "datasets", "network_g", "path", "val"):
+        assert key in opt, f"missing {key}"
+    assert opt["num_gpu"] == "auto" or isinstance(opt["num_gpu"], int)
+
+    # the network: a registered arch whose constructor takes exactly these keys
+    net_opt = dict(opt["network_g"])
+    arch = net_opt.pop("type")
+    assert arch in registry, f"{arch} is not registered"
+    cls = registry.get(arch)
+    inspect.signature(cls).bind(**net_opt)  # raises TypeError on an unknown/missing key
+    assert net_opt.get("upscale", opt["scale"]) == opt["scale"]
+    net = build_network(dict(opt["network_g"]))
+    assert sum(p.numel() for p in net.parameters()) > 0
+
+    # datasets and metrics as BasicSR's SRModel expects them
+    is_train = "train" in opt
+    for phase, ds in opt["datasets"].items():
+        assert phase.split("_")[0] in (("train", "val") if is_train else ("test", "val")), phase
+        assert ds["type"] == "PairedImageDataset"
+        assert ds["dataroot_gt"] and ds["dataroot_lq"] and ds["io_backend"]["type"] in ("disk", "lmdb")
+    if is_train:
+        train_ds = opt["datasets"]["train"]
+        assert train_ds["gt_size"] % opt["scale"] == 0
+        assert opt["train"]["optim_g"]["type"] and opt["train"]["pixel_opt"]["type"]
+        assert isinstance(opt["logger"]["print_freq"], int)
+    else:
+        assert opt["path"]["pretrain_network_g"]
+        assert "suffix" in opt["val"]  # SRModel reads val.suffix when saving test images
+    for metric in opt["val"].get("metrics", {}).values():
+        assert metric["crop_border"] == opt["scale"]
+        assert metric["test_y_channel"] is True
+
+
+def test_recipe_ebsr_x4(basicsr_env):
+    """options/ebsr_x4.yml is EBSR-light x4 with the papers' recipe."""
+    _, _, loader = basicsr_env
+    opt = _load(ROOT / "options" / "ebsr_x4.yml", loader)
+    net, train, ds = opt["network_g"], opt["train"], opt["datasets"]["train"]
+    assert (net["type"], net["num_feat"], net["num_block"], net["upscale"]) == ("EBSRNet", 64, 16, 4)
+    assert opt["num_gpu"] == "auto"
+    assert ds["gt_size"] == 192 and ds["batch_size_per_gpu"] == 16
+    assert ds["dataroot_gt"] == "datasets/DIV2K/DIV2K_train_HR_sub"
+    assert ds["dataroot_lq"] == "datasets/DIV2K/DIV2K_train_LR_bicubic/X4_sub"
+    val = opt["datasets"]["val"]
+    assert (val["dataroot_gt"], val["dataroot_lq"]) == ("datasets/Set5/GTmod12", "datasets/Set5/LRbicx4")
+    assert train["optim_g"]["type"] == "Adam" and train["optim_g"]["lr"] == 2e-4
+    assert list(train["optim_g"]["betas"]) == [0.9, 0.99]
+    assert train["scheduler"] == {"type": "MultiStepLR", "milestones": [200000], "gamma": 0.5}
+    assert train["total_iter"] == 300000 and train["ema_decay"] == 0.999
+    assert train["pixel_opt"]["type"] == "L1Loss"
+    assert set(opt["val"]["metrics"]) == {"psnr", "ssim"}
+
+
+def test_test_options_cover_the_benchmarks(basicsr_env):
+    _, _, loader = basicsr_env
+    for arch in OUR_ARCHS:
+        for s in (2, 3, 4):
+            opt = _load(ROOT / "options" / "test" / arch / f"test_{arch}_x{s}.yml", loader)
+            names = [d["name"] for d in opt["datasets"].values()]
+            assert names == ["Set5", "Set14", "B100", "Urban100", "Manga109"]
+            assert all(d["dataroot_lq"].endswith(f"LRbicx{s}") for d in opt["datasets"].values())
+            train = _load(ROOT / "options" / "train" / arch / f"train_{arch}_x{s}.yml", loader)
+            assert opt["network_g"] == train["network_g"]  # tests the network that was trained
+            assert f"experiments/{train['name']}/models/" in opt["path"]["pretrain_network_g"]
