@@ -43,6 +43,7 @@ _EXT_FORMAT = {
     ".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".bmp": "bmp",
     ".tif": "tif", ".tiff": "tif", ".webp": "webp",
 }
+_FORMAT_NAMES = {"png": "PNG", "jpg": "JPEG", "webp": "WebP", "tif": "TIFF", "bmp": "BMP"}
 _ORIENTATION_TAG = 0x0112
 
 
@@ -269,8 +270,7 @@ def decode_image(data: bytes, *, apply_exif: bool = True) -> np.ndarray:
     if img is None:
         if fmt is None:
             raise ImageReadError("not an image file (unrecognised content)")
-        kind = {"jpg": "JPEG", "tif": "TIFF", "webp": "WebP"}.get(fmt, fmt.upper())
-        raise ImageReadError(f"corrupt or unsupported {kind} data (cannot decode)")
+        raise ImageReadError(f"corrupt or unsupported {_FORMAT_NAMES[fmt]} data (cannot decode)")
     if img.size == 0:
         raise ImageReadError("image has no pixels")
     if apply_exif and orientation != 1:
@@ -327,7 +327,7 @@ def encode_image(img: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:
     channels = 1 if img.ndim == 2 else img.shape[2]
     params = []
     if fmt in ("jpg", "webp", "bmp") and img.dtype == np.uint16:
-        log.info("%s cannot store 16-bit pixels: writing 8 bit", fmt.upper())
+        log.info("%s cannot store 16-bit pixels: writing 8 bit", _FORMAT_NAMES[fmt])
         img = _to_8bit(img)
     if fmt == "jpg":
         if channels == 4:
