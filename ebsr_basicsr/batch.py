@@ -1,0 +1,513 @@
+"""Batch upscaling of image and video files: planning, running, reporting.
+
+:func:`plan_batch` expands the inputs (files and folders, optionally recursive), classifies
+them by extension, names the outputs ``OUTDIR/<stem><suffix>.<ext>`` and settles at once what
+cannot be done (missing input, unknown type, an output that would replace an input or collide
+with another output) or need not be (``skip_existing``). :func:`run_batch` then processes the
+jobs, in this process or in N worker processes that each load the engine once, and never
+stops at a failed file: every file ends up in the :class:`Summary` as done, skipped or failed
+with a one-line reason.
+
+Nothing here imports torch or basicsr; the engine comes from ``ebsr_basicsr.runtime``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_mod
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+
+from .imageio import (IMAGE_EXTENSIONS, WRITE_FORMATS, ImageReadError, ImageWriteError, format_for_path,
+                      read_image, write_image)
+from .upscaler import EngineOutputError, UnsupportedImageError, default_memory_budget, upscale_image
+from .video import VIDEO_EXTENSIONS, VideoError, probe_video, upscale_video
+
+log = logging.getLogger(__name__)
+PKG_LOGGER = "ebsr_basicsr"
+
+PathLike = Union[str, os.PathLike]
+EXT_CHOICES = ("auto",) + tuple(WRITE_FORMATS)
+
+#: errors that are a property of one input file, reported without a traceback
+EXPECTED_ERRORS = (ImageReadError, ImageWriteError, VideoError, UnsupportedImageError, EngineOutputError,
+                   OSError, cv2.error)
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class BatchOptions:
+    output_dir: Path = Path("results")
+    suffix: Optional[str] = None          # None: "_x<scale>"
+    ext: str = "auto"                     # auto (keep the input's format) or a WRITE_FORMATS key
+    quality: int = 95                     # JPEG / WebP quality
+    tile: int = 0                         # 0: whole image, automatic tiles when too large
+    tile_pad: int = 10
+    recursive: bool = False               # folders: include sub-folders (mirrored in output_dir)
+    skip_existing: bool = False
+    frames_dir: Optional[Path] = None     # videos: also keep the upscaled frames as PNG here
+    memory_budget: Optional[int] = None   # bytes for one engine pass; None: from free memory
+    copy_audio: bool = True
+    ffmpeg: Optional[str] = "auto"        # "auto": look up on PATH; None: never use ffmpeg
+
+
+@dataclass
+class Job:
+    index: int
+    src: Path
+    dst: Path
+    kind: str                             # "image" or "video"
+    frames_dir: Optional[Path] = None
+    units: int = 1                        # expected progress units: 1 per image, frames per video
+
+
+@dataclass
+class JobResult:
+    src: Path
+    status: str                           # "done", "skipped" or "failed"
+    dst: Optional[Path] = None
+    reason: str = ""
+    kind: str = "image"
+    units: int = 0                        # images or frames actually produced
+    expected_units: int = 0
+    seconds: float = 0.0
+    messages: List[Tuple[int, str]] = field(default_factory=list)  # log records of the job
+    traceback: Optional[str] = None       # unexpected errors only
+
+
+@dataclass
+class Plan:
+    jobs: List[Job]
+    results: List[JobResult]              # settled while planning (skipped or failed)
+    scale: int
+    suffix: str
+
+    @property
+    def total_units(self) -> int:
+        return sum(j.units for j in self.jobs)
+
+    @property
+    def has_video(self) -> bool:
+        return any(j.kind == "video" for j in self.jobs)
+
+
+@dataclass
+class Summary:
+    results: List[JobResult]
+    elapsed: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def done(self) -> int:
+        return self.count("done")
+
+    @property
+    def skipped(self) -> int:
+        return self.count("skipped")
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed")
+
+    def line(self) -> str:
+        return f"{self.done} done, {self.skipped} skipped, {self.failed} failed"
+
+
+# --------------------------------------------------------------------------------------------
+# planning
+# --------------------------------------------------------------------------------------------
+def classify(path: PathLike) -> Optional[str]:
+    """"image", "video" or None, from the file extension."""
+    ext = Path(path).suffix.lower()
+    if ext in IMAGE_EXTENSIONS:
+        return "image"
+    if ext in VIDEO_EXTENSIONS:
+        return "video"
+    return None
+
+
+def _key(path: PathLike) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _inside(path: PathLike, folder: Optional[PathLike]) -> bool:
+    if folder is None:
+        return False
+    p, f = _key(path), _key(folder)
+    return p == f or p.startswith(f.rstrip(os.sep) + os.sep)
+
+
+def _scan_folder(folder: Path, recursive: bool, errors: List[JobResult]) -> List[Path]:
+    """Files of a folder (sorted; hidden files and folders excluded), sub-folders if recursive."""
+    found: List[Path] = []
+
+    def onerror(exc: OSError):
+        errors.append(JobResult(Path(exc.filename or folder), "failed",
+                                reason=f"cannot list folder ({exc.strerror or exc})"))
+
+    if recursive:
+        for root, dirs, files in os.walk(folder, onerror=onerror):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
+    else:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            onerror(exc)
+            return []
+        found = [p for p in entries if not p.name.startswith(".") and p.is_file()]
+    return found
+
+
+def output_name(src: Path, kind: str, suffix: str, ext: str) -> str:
+    """``<stem><suffix>.<ext>``: .mp4 for videos; images keep their extension with ext="auto"."""
+    if kind == "video":
+        out_ext = ".mp4"
+    elif ext == "auto":
+        out_ext = src.suffix.lower()
+    else:
+        out_ext = WRITE_FORMATS[ext]
+    return f"{src.stem}{suffix}{out_ext}"
+
+
+def plan_batch(inputs: Sequence[PathLike], scale: int, options: BatchOptions) -> Plan:
+    """Expand ``inputs`` into jobs; see the module doc."""
+    suffix = options.suffix if options.suffix is not None else f"_x{scale}"
+    if options.ext not in EXT_CHOICES:
+        raise ValueError(f"ext must be one of {EXT_CHOICES}")
+    out_dir = Path(options.output_dir)
+    results: List[JobResult] = []
+    entries: List[Tuple[Path, Path, str]] = []  # (src, sub-folder relative to the output dir, kind)
+    seen = set()
+    ignored_outputs = 0
+
+    def add(src: Path, rel: Path, kind: str):
+        k = _key(src)
+        if k not in seen:
+            seen.add(k)
+            entries.append((src, rel, kind))
+
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            for f in _scan_folder(item, options.recursive, results):
+                kind = classify(f)
+                if kind is None or _inside(f, options.frames_dir):
+                    continue
+                # earlier results living in the input folder (-o inside it) are not inputs
+                if suffix and _inside(f, out_dir) and f.stem.endswith(suffix):
+                    ignored_outputs += 1
+                    continue
+                rel = f.parent.relative_to(item) if options.recursive else Path()
+                add(f, rel, kind)
+        elif item.exists():
+            kind = classify(item)
+            if kind is None:
+                results.append(JobResult(item, "failed", reason=(
+                    f"unsupported file type {item.suffix or '(no extension)'!r} "
+                    f"(images: {', '.join(sorted(IMAGE_EXTENSIONS))}; videos: {', '.join(sorted(VIDEO_EXTENSIONS))})")))
+                continue
+            add(item, Path(), kind)
+        elif os.path.lexists(item):
+            results.append(JobResult(item, "failed", reason="broken symbolic link"))
+        else:
+            results.append(JobResult(item, "failed", reason="no such file or directory"))
+    if ignored_outputs:
+        log.info("ignored %d file(s) in %s that look like earlier results (*%s)", ignored_outputs, out_dir, suffix)
+
+    input_keys = {_key(src): src for src, _, _ in entries}
+    claimed = {}
+    jobs: List[Job] = []
+    for src, rel, kind in entries:
+        dst = out_dir / rel / output_name(src, kind, suffix, options.ext)
+        dkey = _key(dst)
+        if dkey in input_keys:
+            other = input_keys[dkey]
+            what = "is the input itself" if _key(other) == _key(src) else f"is the input file {other}"
+            results.append(JobResult(src, "failed", dst=dst, kind=kind, reason=(
+                f"output {dst} {what}; refusing to overwrite an input (use another --suffix or -o)")))
+            continue
+        if dkey in claimed:
+            results.append(JobResult(src, "failed", dst=dst, kind=kind, reason=(
+                f"output {dst} is also the output of {claimed[dkey]} (rename one of them or use --ext auto)")))
+            continue
+        claimed[dkey] = src
+        if options.skip_existing and dst.exists():
+            results.append(JobResult(src, "skipped", dst=dst, kind=kind, reason="output exists"))
+            continue
+        frames_dir = None
+        if kind == "video" and options.frames_dir is not None:
+            frames_dir = Path(options.frames_dir) / rel / dst.stem
+        units = 1
+        if kind == "video":
+            try:
+                units = max(1, probe_video(src).frame_count)
+            except VideoError:
+                units = 1  # the job reports the error
+        jobs.append(Job(len(jobs), src, dst, kind, frames_dir, units))
+    return Plan(jobs, results, scale, suffix)
+
+
+# --------------------------------------------------------------------------------------------
+# one job
+# --------------------------------------------------------------------------------------------
+class _ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: List[Tuple[int, str]] = []
+
+    def emit(self, record):
+        try:
+            self.records.append((record.levelno, record.getMessage()))
+        except Exception:  # a bad format string must not fail the job
+            self.records.append((record.levelno, str(record.msg)))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, (ImageReadError, ImageWriteError)):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    if isinstance(exc, cv2.error):
+        lines = [ln for ln in str(exc).splitlines() if "error:" in ln]
+        return "OpenCV: " + (lines[0].split("error:", 1)[1].strip() if lines else str(exc).strip())
+    return str(exc) or type(exc).__name__
+
+
+def process_job(engine, job: Job, options: BatchOptions, protect: Iterable[PathLike] = (),
+                on_units: Optional[Callable[[int], None]] = None) -> JobResult:
+    """Upscale one file; never raises for a per-file problem (the result says what happened).
+
+    Log records of the library emitted meanwhile are kept in ``result.messages`` (and not
+    propagated), so the caller can report them with the file name, from any process."""
+    t0 = time.perf_counter()
+    res = JobResult(job.src, "failed", dst=job.dst, kind=job.kind, expected_units=job.units)
+    pkg = logging.getLogger(PKG_LOGGER)
+    # the job's records go to the result only (the caller reports them, from any process)
+    handler, saved_handlers, propagate = _ListHandler(), pkg.handlers[:], pkg.propagate
+    pkg.handlers = [handler]
+    pkg.propagate = False
+    advance = on_units or (lambda n: None)
+    protect = list(protect)
+    frames_done = [0]
+    try:
+        if job.kind == "image":
+            img = read_image(job.src)
+            out = upscale_image(engine, img, tile=options.tile, tile_pad=options.tile_pad,
+                                memory_budget=options.memory_budget)
+            del img
+            job.dst.parent.mkdir(parents=True, exist_ok=True)
+            write_image(job.dst, out, fmt=format_for_path(job.dst), quality=options.quality, protect=protect)
+            res.units = 1
+            advance(1)
+        else:
+            job.dst.parent.mkdir(parents=True, exist_ok=True)
+
+            def on_frame(n):
+                frames_done[0] = n
+                advance(1)
+
+            video = upscale_video(engine, job.src, job.dst, tile=options.tile, tile_pad=options.tile_pad,
+                                  memory_budget=options.memory_budget, frames_dir=job.frames_dir,
+                                  copy_audio=options.copy_audio, ffmpeg=options.ffmpeg, protect=protect,
+                                  on_frame=on_frame)
+            res.units = video.frames
+        res.status = "done"
+    except MemoryError:
+        res.reason = "out of memory (try a smaller --tile, e.g. --tile 128, or fewer --workers)"
+    except EXPECTED_ERRORS as exc:
+        res.reason = _reason(exc)
+    except Exception as exc:  # a bug or an engine failure: still only this file fails
+        res.reason = f"unexpected error: {type(exc).__name__}: {exc}"
+        res.traceback = traceback.format_exc()
+    finally:
+        if res.status != "done":
+            res.units = frames_done[0]  # frames already counted as progress
+        pkg.handlers = saved_handlers
+        pkg.propagate = propagate
+        res.messages = handler.records
+        res.seconds = time.perf_counter() - t0
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# engines, threads, workers
+# --------------------------------------------------------------------------------------------
+def load_engine(path: PathLike):
+    """``Engine.load(path)`` from the bitwise runtime (raises its ModelFileError)."""
+    from .runtime import Engine
+    return Engine.load(path)
+
+
+def set_threads(n: Optional[int]) -> None:
+    """Use ``n`` threads in the numba kernels and in OpenCV (None: leave the defaults)."""
+    if not n:
+        return
+    cv2.setNumThreads(int(n))
+    try:
+        from .kernels import set_num_threads
+    except ImportError:
+        set_num_threads = None
+    if set_num_threads is None:
+        import numba
+        set_num_threads = numba.set_num_threads
+        n = min(int(n), numba.config.NUMBA_NUM_THREADS)
+    set_num_threads(int(n))
+
+
+def warm_up(engine) -> None:
+    """Run the engine once on a tiny input so its JIT kernels are compiled (and cached)."""
+    engine.run(np.zeros((16, 16, 3), np.float32))
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(loader, options, protect, threads, level, progress_queue):
+    logging.getLogger(PKG_LOGGER).setLevel(level)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    _WORKER.update(options=options, protect=protect, queue=progress_queue, engine=None, error=None)
+    try:
+        set_threads(threads)
+        _WORKER["engine"] = loader()
+    except Exception as exc:  # reported for each job instead of breaking the pool
+        _WORKER["error"] = f"cannot load the model in a worker: {type(exc).__name__}: {exc}"
+
+
+def _worker_job(job: Job) -> JobResult:
+    if _WORKER["error"]:
+        return JobResult(job.src, "failed", dst=job.dst, kind=job.kind, reason=_WORKER["error"])
+    q = _WORKER["queue"]
+    return process_job(_WORKER["engine"], job, _WORKER["options"], _WORKER["protect"],
+                       lambda n: q.put((job.index, n)))
+
+
+# --------------------------------------------------------------------------------------------
+# running a plan
+# --------------------------------------------------------------------------------------------
+def run_batch(plan: Plan, engine=None, *, options: BatchOptions,
+              engine_loader: Optional[Callable[[], object]] = None, workers: int = 1,
+              threads: Optional[int] = None, protect: Iterable[PathLike] = (),
+              on_result: Optional[Callable[[JobResult], None]] = None,
+              on_progress: Optional[Callable[[int], None]] = None,
+              on_start: Optional[Callable[[Job], None]] = None) -> Summary:
+    """Run the jobs of ``plan`` and return the summary.
+
+    ``engine``: an engine already loaded in this process (used when ``workers`` is 1 and
+    warmed up before workers start). ``engine_loader``: a picklable callable returning an
+    engine, required for ``workers`` > 1 (each worker calls it once). ``protect``: files never
+    to be written over (all inputs of the plan are always protected). ``on_result`` is called
+    for every result (planning results first), ``on_progress(n)`` when n more images or
+    frames are done, ``on_start(job)`` when a job starts (in-process runs only)."""
+    t0 = time.perf_counter()
+    protect = [j.src for j in plan.jobs] + [r.src for r in plan.results] + list(protect)
+    results: List[JobResult] = []
+
+    def report(r: JobResult):
+        results.append(r)
+        if on_result is not None:
+            on_result(r)
+
+    for r in plan.results:
+        report(r)
+    jobs = plan.jobs
+    workers = max(1, min(int(workers), len(jobs)))
+    progress = on_progress or (lambda n: None)
+
+    if options.memory_budget is None:
+        options = _with_budget(options, default_memory_budget(workers))
+
+    if workers == 1:
+        if jobs and engine is None:
+            if engine_loader is None:
+                raise ValueError("run_batch needs an engine or an engine_loader")
+            engine = engine_loader()
+        set_threads(threads)
+        for job in jobs:
+            if on_start is not None:
+                on_start(job)
+            report(process_job(engine, job, options, protect, progress))
+        return Summary(results, time.perf_counter() - t0)
+
+    if engine_loader is None:
+        raise ValueError("run_batch with workers > 1 needs a picklable engine_loader")
+    if engine is not None:
+        warm_up(engine)  # numba compiles (and caches) once here instead of in every worker
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    _run_parallel(jobs, engine_loader, options, protect, workers, threads, report, progress)
+    return Summary(results, time.perf_counter() - t0)
+
+
+def _with_budget(options: BatchOptions, budget: int) -> BatchOptions:
+    return replace(options, memory_budget=budget)
+
+
+def _run_parallel(jobs, loader, options, protect, workers, threads, report, progress):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    progress_queue = ctx.Queue()
+    level = logging.getLogger(PKG_LOGGER).getEffectiveLevel()
+    done_units, settled = {}, set()
+
+    def drain():
+        while True:
+            try:
+                index, n = progress_queue.get_nowait()
+            except (queue_mod.Empty, EOFError, OSError):
+                return
+            if index in settled:  # late message of a job already accounted for
+                continue
+            done_units[index] = done_units.get(index, 0) + n
+            progress(n)
+
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(loader, options, protect, threads, level, progress_queue))
+    futures = {}
+    try:
+        futures = {executor.submit(_worker_job, job): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            drain()
+            for fut in finished:
+                job = futures[fut]
+                try:
+                    res = fut.result()
+                except BrokenProcessPool:
+                    res = JobResult(job.src, "failed", dst=job.dst, kind=job.kind,
+                                    reason="the worker process died (out of memory? try --tile or fewer --workers)")
+                except Exception as exc:
+                    res = JobResult(job.src, "failed", dst=job.dst, kind=job.kind,
+                                    reason=f"unexpected error: {type(exc).__name__}: {exc}",
+                                    traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                # progress messages may still be in flight: settle the job's units here
+                missing = res.units - done_units.get(job.index, 0) if res.status == "done" else 0
+                settled.add(job.index)
+                if missing > 0:
+                    progress(missing)
+                report(res)
+        drain()
+    except BaseException:  # Ctrl-C: stop now rather than after the jobs in progress
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        raise
+    else:
+        executor.shutdown(wait=True)
+    finally:
+        progress_queue.close()
