@@ -351,19 +351,24 @@ def load_engine(path: PathLike):
 
 
 def set_threads(n: Optional[int]) -> None:
-    """Use ``n`` threads in the numba kernels and in OpenCV (None: leave the defaults)."""
+    """Use ``n`` threads in the numba kernels and in OpenCV (None: leave the defaults).
+
+    Numba's setting is per thread: call this in the thread that runs the engine. More threads
+    than the kernels' pool has are reduced to the pool size, with a warning."""
     if not n:
         return
-    cv2.setNumThreads(int(n))
+    n = int(n)
     try:
-        from .kernels import set_num_threads
-    except ImportError:
-        set_num_threads = None
-    if set_num_threads is None:
+        from . import kernels
+        setter, limit = kernels.set_num_threads, kernels.max_threads()
+    except (ImportError, AttributeError):  # kernels not built yet: numba's own pool
         import numba
-        set_num_threads = numba.set_num_threads
-        n = min(int(n), numba.config.NUMBA_NUM_THREADS)
-    set_num_threads(int(n))
+        setter, limit = numba.set_num_threads, numba.config.NUMBA_NUM_THREADS
+    if n > limit:
+        log.warning("%d threads requested but only %d available: using %d", n, limit, limit)
+        n = limit
+    cv2.setNumThreads(n)
+    setter(n)
 
 
 def warm_up(engine) -> None:

@@ -1,0 +1,250 @@
+"""``ebsr-upscale``: upscale images, folders and videos with a binary super-resolution model.
+
+A thin click layer over :mod:`ebsr_basicsr.batch`; no torch, no basicsr. The library modules
+are imported inside :func:`main` so that ``--help`` stays instant.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+EPILOG = """\b
+Examples:
+  ebsr-upscale photo.jpg                        # -> results/photo_x4.jpg
+  ebsr-upscale a.png b.jpg clip.mp4 -o out/     # several files at once
+  ebsr-upscale photos/ -r -o big/ --scale 2     # a folder and its sub-folders
+  ebsr-upscale scans/ --ext png --skip-existing # resume an interrupted batch
+  ebsr-upscale huge.tif --tile 256              # bounded memory for big images
+  ebsr-upscale clip.mp4 --frames-dir frames/    # MP4 (+ PNG frames), same fps, audio
+  ebsr-upscale photos/ --model my_x3.ebsr --workers 2 --threads 1
+
+\b
+Outputs are named OUTDIR/<name>_x<scale>.<ext>; with --ext auto an image keeps
+its format (16-bit PNG/TIFF stay 16-bit, gray stays gray, alpha is kept), a
+video becomes .mp4 (audio is copied when ffmpeg is on PATH). Inputs are never
+modified; outputs are written atomically. A file that cannot be processed is
+reported on stderr and the batch goes on. Exit status: 0 if every file was done
+or skipped, 1 if any failed, 2 for a usage error.
+"""
+
+
+class _EchoHandler(logging.Handler):
+    """Library log records to stderr, above the progress bar."""
+
+    PREFIX = {logging.INFO: "note: ", logging.WARNING: "warning: ",
+              logging.ERROR: "error: ", logging.CRITICAL: "error: "}
+
+    def emit(self, record):
+        try:
+            _echo(self.PREFIX.get(record.levelno, "") + record.getMessage())
+        except Exception:
+            self.handleError(record)
+
+
+def _echo(message: str) -> None:
+    try:
+        from tqdm import tqdm
+        with tqdm.external_write_mode(file=sys.stderr):
+            click.echo(message, err=True)
+    except ImportError:
+        click.echo(message, err=True)
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> int:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.INFO)
+    pkg = logging.getLogger("ebsr_basicsr")
+    for h in list(pkg.handlers):
+        if isinstance(h, _EchoHandler):
+            pkg.removeHandler(h)
+    pkg.addHandler(_EchoHandler())
+    pkg.setLevel(level)
+    pkg.propagate = False
+    if not verbose:
+        # FFmpeg inside OpenCV prints its own errors ("moov atom not found") for broken videos;
+        # they are reported per file instead. Read when the first video is opened, and
+        # inherited by worker processes.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    try:
+        import cv2
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING if verbose
+                                      else cv2.utils.logging.LOG_LEVEL_SILENT)
+    except Exception:
+        pass
+    return level
+
+
+def _load_model(model: Path, verbose: bool):
+    """Load the engine or exit 1 with one line naming the file."""
+    from ebsr_basicsr import batch
+    try:
+        return batch.load_engine(model)
+    except ImportError as exc:
+        _echo(f"error: the bitwise runtime (ebsr_basicsr.runtime) cannot be imported: {exc}")
+    except MemoryError:
+        _echo(f"error: {model}: out of memory while loading the model")
+    except Exception as exc:
+        name = type(exc).__name__
+        reason = str(exc) if name == "ModelFileError" or isinstance(exc, (OSError, ValueError)) else f"{name}: {exc}"
+        _echo(f"error: {model}: cannot load model: {reason}")
+        if verbose:
+            import traceback
+            _echo(traceback.format_exc().rstrip())
+    sys.exit(1)
+
+
+def _fail_unexpected(exc: Exception, verbose: bool) -> None:
+    """Report an error that is not about one input file (a bug): one line, exit 1."""
+    _echo(f"error: {type(exc).__name__}: {exc}")
+    if verbose:
+        import traceback
+        _echo(traceback.format_exc().rstrip())
+    else:
+        _echo("(run with --verbose for the traceback)")
+    sys.exit(1)
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...",
+                type=click.Path(exists=True, readable=False, path_type=Path))
+@click.option("-o", "--output", "outdir", default=Path("results"), show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output folder (created if needed).")
+@click.option("-s", "--scale", type=click.Choice(["2", "3", "4"]), default="4", show_default=True,
+              help="Upscaling factor; picks the embedded model for it. With --model, the model's scale "
+                   "is used, and --scale (if given) must match it.")
+@click.option("-m", "--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Runtime model file (.ebsr) to use instead of the embedded one.")
+@click.option("-t", "--tile", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Tile size in input pixels (0: whole image, tiled automatically when it would not "
+                   "fit in memory). Lower it if you run out of memory.")
+@click.option("--tile-pad", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Context pixels around each tile, so tiles join without seams.")
+@click.option("--suffix", default=None, metavar="TEXT",
+              help="Appended to output names instead of _x<scale> (may be empty if -o differs from "
+                   "the input folder).")
+@click.option("--ext", type=click.Choice(["auto", "png", "jpg", "webp"]), default="auto", show_default=True,
+              help="Output image format; auto keeps the input's format. Videos are always .mp4.")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
+              help="Quality of JPEG (and WebP) output.")
+@click.option("-r", "--recursive", is_flag=True,
+              help="Also process the sub-folders of input folders (mirrored under the output folder).")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output file already exists.")
+@click.option("--frames-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="For videos, also keep the upscaled frames as PNG in FRAMES_DIR/<name>_x<scale>/.")
+@click.option("-j", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes, each with its own copy of the model.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads per process for the kernels [default: all cores, shared among workers].")
+@click.option("-q", "--quiet", is_flag=True, help="Only report errors (no progress bar, no summary unless "
+                                                    "something failed).")
+@click.option("-v", "--verbose", is_flag=True, help="Report every file, and tracebacks of unexpected errors.")
+@click.pass_context
+def main(ctx, inputs, outdir, scale, model, tile, tile_pad, suffix, ext, jpeg_quality, recursive,
+         skip_existing, frames_dir, workers, threads, quiet, verbose):
+    """Upscale images (PNG, JPEG, BMP, TIFF, WebP), folders of them, and videos.
+
+    Each INPUT is a file or a folder. Images keep their bit depth, gray/colour
+    layout, transparency and EXIF orientation (the output is stored upright)."""
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose cannot be used together")
+    if suffix is not None and any(sep in suffix for sep in ("/", "\\")):
+        raise click.BadParameter("must not contain a path separator", param_hint="--suffix")
+    level = _setup_logging(quiet, verbose)
+
+    from ebsr_basicsr import batch
+    from ebsr_basicsr.weights import NoDefaultModel, default_model_path
+
+    scale = int(scale)
+    scale_given = ctx.get_parameter_source("scale") not in (click.core.ParameterSource.DEFAULT, None)
+    if model is None:
+        try:
+            model = default_model_path(scale)
+        except NoDefaultModel as exc:
+            raise click.UsageError(str(exc)) from None
+    model = model.resolve()
+    engine = _load_model(model, verbose)
+    model_scale = int(engine.scale)
+    if scale_given and model_scale != scale:
+        raise click.UsageError(f"{model} is a x{model_scale} model but --scale {scale} was given "
+                               f"(drop --scale to use the model's scale)")
+    scale = model_scale
+    if verbose:
+        header = getattr(engine, "header", None)
+        header = header if isinstance(header, dict) else {}
+        arch = header.get("arch") or header.get("arch_name") or header.get("name") or "?"
+        _echo(f"model: {model} (x{scale}, {arch})")
+
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _echo(f"error: cannot create the output folder {outdir}: {exc.strerror or exc}")
+        sys.exit(1)
+
+    options = batch.BatchOptions(output_dir=outdir, suffix=suffix, ext=ext, quality=jpeg_quality, tile=tile,
+                                 tile_pad=tile_pad, recursive=recursive, skip_existing=skip_existing,
+                                 frames_dir=frames_dir)
+    try:
+        plan = batch.plan_batch(inputs, scale, options)
+    except Exception as exc:  # not a per-file problem
+        _fail_unexpected(exc, verbose)
+    if not plan.jobs and not plan.results:
+        _echo("nothing to do: no image or video files found in the inputs")
+        sys.exit(0)
+
+    from tqdm import tqdm
+    bar = tqdm(total=plan.total_units, unit="frame" if plan.has_video else "img", file=sys.stderr,
+               disable=True if quiet else None, dynamic_ncols=True, leave=False)
+
+    unexpected = []
+
+    def on_result(r):
+        if r.status == "failed":
+            _echo(f"error: {r.src}: {r.reason}")
+            if r.traceback:
+                if verbose:
+                    _echo(r.traceback.rstrip())
+                else:
+                    unexpected.append(r.src)
+        elif r.status == "skipped":
+            if verbose:
+                _echo(f"skipped {r.src}: {r.reason} ({r.dst})")
+        elif verbose:
+            what = f"{r.units} frames, " if r.kind == "video" else ""
+            _echo(f"{r.src} -> {r.dst} ({what}{r.seconds:.1f} s)")
+        for lvl, msg in r.messages:
+            if lvl >= level:
+                _echo(_EchoHandler.PREFIX.get(lvl, "") + f"{r.src}: {msg}")
+        if r.expected_units and r.units != r.expected_units and not bar.disable:
+            bar.total = max(bar.n, bar.total + r.units - r.expected_units)
+            bar.refresh()
+
+    def on_start(job):
+        if not bar.disable:
+            bar.set_postfix_str(job.src.name, refresh=True)
+
+    loader = functools.partial(batch.load_engine, str(model))
+    try:
+        summary = batch.run_batch(plan, engine, options=options, engine_loader=loader, workers=workers,
+                                  threads=threads, on_result=on_result, on_progress=bar.update,
+                                  on_start=on_start)
+    except KeyboardInterrupt:
+        bar.close()
+        _echo("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # not a per-file problem
+        bar.close()
+        _fail_unexpected(exc, verbose)
+    bar.close()
+    if unexpected:
+        _echo("note: run with --verbose to see the tracebacks of the unexpected errors")
+    if not quiet or summary.failed:
+        _echo(f"{summary.line()} ({summary.elapsed:.1f} s)")
+    sys.exit(1 if summary.failed else 0)
+
+
+if __name__ == "__main__":
+    main()
