@@ -188,6 +188,7 @@ def upscale_image(engine: EngineLike, img: np.ndarray, *, tile: int = 0, tile_pa
     ``tile``: tile size in input pixels (0: whole image, or automatic tiles when the image
     would need more than ``memory_budget`` bytes, default: see :func:`default_memory_budget`).
     ``tile_pad``: context added around each tile.
+    ``on_tile(done, total)``: called after each tile.
     """
     if not isinstance(img, np.ndarray) or img.ndim not in (2, 3) or \
             (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):

@@ -146,6 +146,7 @@ class VideoSink:
         self.protect = list(protect)
         self.frames = 0
         self.size = None
+        self.notes: List[str] = []
         self._writer = None
         self._tmp: Optional[Path] = None
         check_not_protected(self.dst, self.protect)
@@ -159,7 +160,18 @@ class VideoSink:
 
     def write(self, frame: np.ndarray) -> None:
         frame = _to_bgr8(frame)
+        h, w = frame.shape[:2]
+        if (h | w) & 1:
+            # the encoder silently drops an odd last row/column (4:2:0 chroma): do it here,
+            # so the size is known and reported
+            if self._writer is None:
+                self.notes.append(f"MPEG-4 needs even dimensions: frames cropped from {w}x{h} "
+                                  f"to {w & ~1}x{h & ~1}")
+                log.warning("%s", self.notes[-1])
+            frame = frame[:h & ~1, :w & ~1]
         size = (frame.shape[1], frame.shape[0])
+        if size[0] == 0 or size[1] == 0:
+            raise VideoError(f"frames of {w}x{h} are too small for a video")
         if self._writer is None:
             self._tmp = _temp_path(self.dst, "part")
             writer = cv2.VideoWriter(os.fspath(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, size)
@@ -183,7 +195,7 @@ class VideoSink:
         self._writer = None
         if not self._tmp.exists() or self._tmp.stat().st_size == 0:
             raise VideoError("the video writer produced no data")
-        notes: List[str] = []
+        notes: List[str] = list(self.notes)
         audio = "not requested"
         final = self._tmp
         if audio_from is not None:
