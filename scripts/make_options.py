@@ -295,7 +295,7 @@ def cpu_train_yaml() -> str:
 # family and loss as options/ebsr_x4.yml, smaller (32 channels x 4 blocks), small patches
 # and few iterations. Prepare the photos once, from the folder you train in:
 #   ebsr-prepare <photos-train> --out datasets/photos --name photos --scales 4 \\
-#       --crop-size 192 --step 96 --min-grad 2
+#       --crop-size 192 --step 96 --min-grad 1
 #   ebsr-prepare <photos-val> --out datasets/photos_val --val
 # Then: basicsr train -opt options/train/CPU/train_EBSRNet_photos_x4_cpu.yml [--auto_resume]
 
