@@ -379,7 +379,16 @@ def warm_up(engine) -> None:
 _WORKER: dict = {}
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds, so temporary files are removed
+
+
 def _worker_init(loader, options, protect, threads, level, progress_queue):
+    import signal
+    # Ctrl-C is handled by the parent, which stops the workers with SIGTERM: no stray
+    # KeyboardInterrupt tracebacks from idle workers, and busy ones unwind and clean up
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.getLogger(PKG_LOGGER).setLevel(level)
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     _WORKER.update(options=options, protect=protect, queue=progress_queue, engine=None, error=None)
@@ -459,6 +468,34 @@ def _with_budget(options: BatchOptions, budget: int) -> BatchOptions:
     return replace(options, memory_budget=budget)
 
 
+def _stop_processes(processes, grace: float = 5.0) -> None:
+    """SIGTERM (the workers unwind and clean up), then SIGKILL what is left after ``grace`` s."""
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
+
+
+def remove_temp_files(job: Job) -> None:
+    """Remove the temporary files an interrupted job may have left (see imageio and video)."""
+    dst = job.dst
+    patterns = [(dst.parent, f".{dst.name}.*.tmp"), (dst.parent, f".{dst.stem}.*.part{dst.suffix}"),
+                (dst.parent, f".{dst.stem}.*.mux{dst.suffix}")]
+    if job.frames_dir is not None:
+        patterns.append((job.frames_dir, ".*.png.*.tmp"))
+    for folder, pattern in patterns:
+        try:
+            for path in Path(folder).glob(pattern):
+                path.unlink()
+        except OSError:
+            pass
+
+
 def _run_parallel(jobs, loader, options, protect, workers, threads, report, progress):
     import multiprocessing as mp
 
@@ -508,9 +545,10 @@ def _run_parallel(jobs, loader, options, protect, workers, threads, report, prog
     except BaseException:  # Ctrl-C: stop now rather than after the jobs in progress
         processes = list((getattr(executor, "_processes", None) or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
-        for proc in processes:
-            if proc.is_alive():
-                proc.terminate()
+        _stop_processes(processes)
+        for fut, job in futures.items():
+            if not fut.done() or fut.cancelled() or fut.exception() is not None:
+                remove_temp_files(job)
         raise
     else:
         executor.shutdown(wait=True)

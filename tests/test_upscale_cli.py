@@ -573,6 +573,37 @@ def test_cli_batch_exit_codes_messages_summary(tmp_path, inputs, monkeypatch):
     assert lines[1].startswith("1 done, 0 skipped, 1 failed")
 
 
+def test_cli_interrupt_leaves_no_partial_files(tmp_path, inputs, monkeypatch):
+    class Interrupted(StandInEngine):
+        def run(self, x):
+            if len(self.calls) == 5:  # in the middle of the video
+                raise KeyboardInterrupt
+            return super().run(x)
+    model = standin_model(tmp_path / "m.ebsr", 2)
+    monkeypatch.setattr(batch_mod, "load_engine", lambda path: Interrupted(2))
+    out = tmp_path / "out"
+    from ebsr_basicsr.cli.upscale import main
+    res = CliRunner().invoke(main, [str(inputs / "clip.mp4"), str(inputs / "cat.png"), "-o", str(out),
+                                    "-m", str(model), "--frames-dir", str(tmp_path / "frames")])
+    assert res.exit_code == 130 and "interrupted" in res.stderr
+    assert list(out.iterdir()) == []
+    assert not [p for p in (tmp_path / "frames").rglob(".*")]
+
+
+def test_remove_temp_files_of_an_interrupted_job(tmp_path):
+    job = batch_mod.Job(0, tmp_path / "a.png", tmp_path / "out" / "clip_x2.mp4", "video", tmp_path / "fr")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "fr").mkdir()
+    stale = [tmp_path / "out" / ".clip_x2.abc123.part.mp4", tmp_path / "out" / ".clip_x2.def.mux.mp4",
+             tmp_path / "out" / ".clip_x2.mp4.xyz.tmp", tmp_path / "fr" / ".000003.png.q1.tmp"]
+    keep = [tmp_path / "out" / "clip_x2.mp4", tmp_path / "out" / ".other.abc.part.mp4",
+            tmp_path / "fr" / "000001.png"]
+    for p in stale + keep:
+        p.write_bytes(b"x")
+    batch_mod.remove_temp_files(job)
+    assert [p.exists() for p in stale] == [False] * 4 and all(p.exists() for p in keep)
+
+
 def test_cli_tiling_and_verbose(tmp_path, inputs, monkeypatch):
     model = standin_model(tmp_path / "m.ebsr", 2)
     a, b = tmp_path / "a", tmp_path / "b"
