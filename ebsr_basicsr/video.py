@@ -205,8 +205,9 @@ class VideoSink:
                 _unlink(self._tmp)
                 self._tmp = final = muxed
             if audio.startswith("not copied"):
-                notes.append(f"audio {audio}; the video is silent")
-                log.warning("audio %s; the video is silent", audio)
+                what = "audio (if any)" if "not found" in audio else "audio"
+                notes.append(f"{what} {audio}; the video is silent")
+                log.warning("%s", notes[-1])
             elif audio == "none in source":
                 log.info("the source has no audio track")
         check_not_protected(self.dst, self.protect)

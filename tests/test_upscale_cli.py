@@ -269,6 +269,7 @@ def test_video_keeps_fps_and_frame_count(tmp_path, engine):
     assert [p.name for p in frames][:2] == ["000001.png", "000002.png"] and len(frames) == 12
     assert read_image(frames[0]).shape == (48, 64, 3)
     assert res.audio.startswith("not copied: ffmpeg not found")
+    assert res.notes == ["audio (if any) not copied: ffmpeg not found on PATH; the video is silent"]
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
@@ -339,6 +340,19 @@ def test_audio_track_is_copied(tmp_path, engine):
     silent = make_video(tmp_path / "silent.mp4", frames=3)
     res = upscale_video(engine, silent, tmp_path / "silent_x2.mp4")
     assert res.audio == "none in source" and count_frames(res.path)[0] == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_ffmpeg_failure_keeps_the_silent_video(tmp_path, engine):
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\necho '  Stream #0:1[0x2](und): Audio: aac, 44100 Hz' >&2\n"
+                    "echo 'Conversion failed!' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    src = make_video(tmp_path / "clip.mp4", frames=3)
+    res = upscale_video(engine, src, tmp_path / "clip_x2.mp4", ffmpeg=str(fake))
+    assert res.audio == "not copied: ffmpeg failed (Conversion failed!)"
+    assert res.notes == ["audio not copied: ffmpeg failed (Conversion failed!); the video is silent"]
+    assert count_frames(res.path)[0] == 3
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -443,6 +457,26 @@ def test_batch_collects_failures_and_goes_on(tmp_path, inputs, engine):
     summary2 = run_batch(plan_batch([inputs], 2, opts2), engine, options=opts2)
     assert (summary2.done, summary2.skipped, summary2.failed) == (0, len(GOOD), len(BAD))
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+
+
+def test_unreadable_file_is_one_failure(tmp_path, engine, monkeypatch):
+    """Permission problems (simulated: the tests may run as root) fail that file only."""
+    import builtins
+    from ebsr_basicsr import imageio as imageio_mod
+    good, locked = tmp_path / "good.png", tmp_path / "locked.png"
+    write_image(good, photo())
+    write_image(locked, photo())
+
+    def guarded_open(path, *args, **kwargs):
+        if Path(path).name == "locked.png":
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+    monkeypatch.setattr(imageio_mod, "open", guarded_open, raising=False)
+    opts = BatchOptions(output_dir=tmp_path / "out")
+    summary = run_batch(plan_batch([good, locked], 2, opts), engine, options=opts)
+    assert summary.line() == "1 done, 0 skipped, 1 failed"
+    failed = [r for r in summary.results if r.status == "failed"][0]
+    assert failed.src == locked and failed.reason == "cannot read file (Permission denied)"
 
 
 def test_failure_keeps_the_previous_output(tmp_path, engine):
