@@ -152,7 +152,22 @@ def make_upsampler(kind: str, num_feat: int, num_out_ch: int, scale: int, conv: 
 IMAGE_SKIPS = (None, "bilinear")
 
 
-class BinarySRNet(nn.Module):
+class ImageNormalization:
+    """EDSR-style input normalisation ``(x - rgb_mean) * img_range`` and its inverse."""
+
+    def init_normalization(self, num_in_ch: int, num_out_ch: int, img_range: float, rgb_mean: Sequence[float]):
+        if len(rgb_mean) != num_in_ch:
+            rgb_mean = [sum(rgb_mean) / len(rgb_mean)] * num_in_ch
+        self.img_range, self.num_out_ch = img_range, num_out_ch
+        self.register_buffer("mean", torch.tensor(list(rgb_mean), dtype=torch.float32).view(1, -1, 1, 1))
+
+    def output_mean(self) -> torch.Tensor:
+        """The mean added back to the output (the input mean, or its average for a
+        different number of output channels)."""
+        return self.mean if self.num_out_ch == self.mean.shape[1] else self.mean.mean(1, keepdim=True)
+
+
+class BinarySRNet(ImageNormalization, nn.Module):
     """Head conv → ``num_block`` blocks → body-end conv (+ head output) → upsampler.
 
     The head, the body-end conv and (unless ``upsampler='binary'``) the upsampler are FP,
@@ -169,17 +184,12 @@ class BinarySRNet(nn.Module):
             raise ValueError(f"image_skip must be one of {IMAGE_SKIPS}, got {image_skip!r}")
         if image_skip and num_in_ch != num_out_ch:
             raise ValueError("image_skip needs num_in_ch == num_out_ch")
-        if len(rgb_mean) != num_in_ch:
-            rgb_mean = [sum(rgb_mean) / len(rgb_mean)] * num_in_ch
-        self.upscale, self.img_range, self.image_skip = upscale, img_range, image_skip
-        self.register_buffer("mean", torch.tensor(list(rgb_mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.upscale, self.image_skip = upscale, image_skip
+        self.init_normalization(num_in_ch, num_out_ch, img_range, rgb_mean)
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*[block() for _ in range(num_block)])
         self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.upsample = make_upsampler(upsampler, num_feat, num_out_ch, upscale, upsampler_conv)
-
-    def output_mean(self, out_channels: int) -> torch.Tensor:
-        return self.mean if out_channels == self.mean.shape[1] else self.mean.mean(1, keepdim=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.conv_first((x - self.mean) * self.img_range)
@@ -187,4 +197,4 @@ class BinarySRNet(nn.Module):
         out = self.upsample(feat) / self.img_range
         if self.image_skip:  # the upscaled input already carries the mean
             return out + F.interpolate(x, scale_factor=self.upscale, mode=self.image_skip, align_corners=False)
-        return out + self.output_mean(out.shape[1])
+        return out + self.output_mean()

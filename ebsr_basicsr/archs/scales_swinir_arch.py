@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register_arch
-from .blocks import BinaryUnit, make_upsampler
+from .blocks import BinaryUnit, ImageNormalization, make_upsampler
 from .bnnsr_arch import DIV2K_RGB_MEAN
 from .scales_arch import scales_conv
 
@@ -136,17 +136,15 @@ class SwinStage(nn.Module):
 
 
 @register_arch
-class SCALESSwinIR(nn.Module):
+class SCALESSwinIR(ImageNormalization, nn.Module):
     def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=60, num_block=4, upscale=4, upsampler="light",
                  img_range=1.0, rgb_mean=DIV2K_RGB_MEAN, depth=6, num_heads=6, window_size=8, mlp_ratio=2.0,
                  layer_scale=True, spatial="absmean", channel="affine"):
         super().__init__()
         if num_feat % num_heads:
             raise ValueError(f"num_feat ({num_feat}) must be divisible by num_heads ({num_heads})")
-        if len(rgb_mean) != num_in_ch:
-            rgb_mean = [sum(rgb_mean) / len(rgb_mean)] * num_in_ch
-        self.upscale, self.img_range, self.window_size = upscale, img_range, window_size
-        self.register_buffer("mean", torch.tensor(list(rgb_mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.upscale, self.window_size = upscale, window_size
+        self.init_normalization(num_in_ch, num_out_ch, img_range, rgb_mean)
         conv = scales_conv(layer_scale, 1.0)
         unit = dict(conv=conv, spatial=spatial, channel=channel)
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
@@ -166,6 +164,5 @@ class SCALESSwinIR(nn.Module):
         for stage in self.stages:
             body = stage(body)
         body = self.norm(body.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        out = self.upsample(self.conv_after_body(body) + feat) / self.img_range
-        mean = self.mean if out.shape[1] == self.mean.shape[1] else self.mean.mean(1, keepdim=True)
-        return (out + mean)[:, :, :h * self.upscale, :w * self.upscale]
+        out = self.upsample(self.conv_after_body(body) + feat) / self.img_range + self.output_mean()
+        return out[:, :, :h * self.upscale, :w * self.upscale]

@@ -1,0 +1,356 @@
+"""Executes an exported model with the bitwise kernels: NumPy + Numba only.
+
+A model is a list of ops (see ``ebsr_basicsr.export``) over named NHWC float32 maps of one
+image. Each op kind is a small class that prepares its arrays once at load (``__init__``)
+and runs in ``__call__``. Binary units pack their input to bits (``x - shift < 0``), run
+the XNOR/popcount convolution with every per-channel factor folded into ``mul``/``bias``,
+and apply their input-dependent re-scalings, shortcut and activation in the kernel's
+epilogue.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from numba import njit, prange
+
+from .. import kernels as K
+from .format import ModelFileError, load_model
+
+_OPS: dict = {}
+
+
+def _op(name):
+    def register(cls):
+        _OPS[name] = cls
+        return cls
+    return register
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+def gelu_ref(x: np.ndarray) -> np.ndarray:
+    """Exact GELU, ``x * (1 + erf(x / sqrt 2)) / 2`` (NumPy has no erf: math.erf per element)."""
+    erf = np.frompyfunc(math.erf, 1, 1)(x.astype(np.float64) / math.sqrt(2.0)).astype(np.float64)
+    return (0.5 * x * (1.0 + erf)).astype(np.float32)
+
+
+@njit(cache=True, parallel=True)
+def _gelu_nb(x, out):
+    flat, res = x.reshape(-1), out.reshape(-1)
+    for i in prange(flat.size):
+        v = np.float64(flat[i])
+        res[i] = np.float32(0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))))
+    return out
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU (as ``torch.nn.GELU()``), compiled; :func:`gelu_ref` is its reference."""
+    x = np.ascontiguousarray(x, np.float32)
+    return _gelu_nb(x, np.empty_like(x))
+
+
+class _Op:
+    def __init__(self, attrs: dict, tensors: dict):
+        self.attrs = attrs
+
+    @staticmethod
+    def _t(tensors, name):
+        if name not in tensors:
+            raise ModelFileError(f"model graph refers to a missing tensor {name!r}")
+        return np.ascontiguousarray(tensors[name], dtype=tensors[name].dtype)
+
+
+@_op("normalize")
+class Normalize(_Op):
+    def __init__(self, attrs, tensors):
+        self.mean = np.asarray(attrs["mean"], np.float32)
+        self.range = np.float32(attrs["range"])
+
+    def __call__(self, x):
+        return (x - self.mean) * self.range
+
+
+@_op("denormalize")
+class Denormalize(_Op):
+    """``x / range + mean``, or ``x / range + bilinear(input)`` with an image skip."""
+
+    def __init__(self, attrs, tensors):
+        self.range = np.float32(attrs["range"])
+        self.skip, self.scale = attrs.get("skip"), attrs.get("scale")
+        self.mean = None if self.skip else np.asarray(attrs["mean"], np.float32)
+
+    def __call__(self, x, image=None):
+        y = x / self.range
+        if self.skip:
+            return y + K.resize_bilinear(np.ascontiguousarray(image), self.scale)
+        return y + self.mean
+
+
+@_op("add")
+class Add(_Op):
+    def __call__(self, a, b):
+        return a + b
+
+
+@_op("conv2d")
+class Conv2d(_Op):
+    def __init__(self, attrs, tensors):
+        self.w = self._t(tensors, attrs["weight"]).astype(np.float32)
+        self.b = self._t(tensors, attrs["bias"]) if attrs.get("bias") else None
+        self.w_matrix = K.conv_weight_matrix(self.w)
+        self.stride, self.padding, self.shuffle = attrs["stride"], attrs["padding"], attrs["shuffle"]
+
+    def __call__(self, x, residual=None):
+        return K.conv2d(x, self.w, self.b, stride=self.stride, padding=self.padding, out_shuffle=self.shuffle,
+                        residual=residual, w_matrix=self.w_matrix)
+
+
+@_op("binary_unit")
+class BinaryUnit(_Op):
+    """``y = Bin(x - shift) * mul + bias``, ``* spatial(x) * gamma(x)``, ``+ shortcut``,
+    LeakyReLU, PixelShuffle — on a map (H, W, C) (``kind='conv'``) or on token rows
+    (A, L, C) (``kind='linear'``, 1×1, channel statistics per row A)."""
+
+    def __init__(self, attrs, tensors):
+        t = lambda name: self._t(tensors, name)  # noqa: E731
+        self.kind, self.k = attrs["kind"], attrs["kernel"]
+        self.cin, self.cout = attrs["in_channels"], attrs["out_channels"]
+        self.w_bits, self.mul, self.bias = t(attrs["w_bits"]), t(attrs["mul"]), t(attrs["bias"])
+        self.pad_value = int(attrs["pad_value"])
+        self.neg_slope, self.shuffle, self.shortcut = attrs["neg_slope"], attrs["shuffle"], attrs["shortcut"]
+        self.threshold = t(attrs["threshold"]) if attrs.get("threshold") else None
+        self.fp = attrs["fp_activations"]
+        if self.fp:  # binary weights, FP activations: an exact FP convolution
+            w = K.unpack_weights(self.w_bits, self.cin, self.k, self.k) * self.mul[:, None, None, None]
+            self.fp_w, self.fp_wm = w.astype(np.float32), K.conv_weight_matrix(w.astype(np.float32))
+        if self.kind == "conv" and self.pad_value == 0 and not self.fp:
+            self.tap_sums = K.weight_tap_sums(self.w_bits, self.cin)
+        else:
+            self.tap_sums = None
+        sp = attrs.get("spatial")
+        self.spatial = None if sp is None else dict(sp, weight=t(sp["weight"]) if "weight" in sp else None,
+                                                    bias=t(sp["bias"]) if "bias" in sp else None)
+        ch = attrs.get("channel")
+        if ch is not None:
+            ch = {k: (t(v) if isinstance(v, str) and k not in ("mode",) else v) for k, v in ch.items()}
+            if ch["mode"] == "affine":
+                ch["source"] = np.arange(self.cout) % self.cin
+        self.channel = ch
+
+    # -- input-dependent factors ----------------------------------------------------
+    def _pooled(self, x):
+        if self.kind == "conv":
+            return K.global_avg_pool(x)[None]  # (1, C)
+        return x.mean(axis=1, dtype=np.float64).astype(np.float32)  # (A, C)
+
+    def _channel(self, x):
+        """(beta (A, Cin) or None, gamma (A, Cout))."""
+        ch = self.channel
+        pooled = self._pooled(x)
+        if ch["mode"] == "affine":
+            return None, _sigmoid(ch["weight"] * pooled[:, ch["source"]] + ch["bias"])
+        h = np.maximum(pooled @ ch["fc1_w"].T + ch["fc1_b"], 0)
+        out = h @ ch["fc2_w"].T + ch["fc2_b"]
+        return (out[:, self.cout:] if ch["shift"] else None), _sigmoid(out[:, :self.cout])
+
+    def _spatial(self, x):
+        sp = self.spatial
+        if sp["mode"] == "absmean":
+            if self.kind == "conv":
+                return K.box_filter_mean_abs(x, sp["kernel"])
+            return np.abs(x).mean(axis=-1).astype(np.float32)
+        return _sigmoid(x @ sp["weight"] + sp["bias"][0])
+
+    # -- the unit -------------------------------------------------------------------
+    def __call__(self, x):
+        beta, gamma = self._channel(x) if self.channel is not None else (None, None)
+        per_row = gamma is not None and gamma.shape[0] > 1
+        spatial = self._spatial(x) if self.spatial is not None else None
+        residual = None
+        if self.shortcut == "identity":
+            residual = x
+        elif self.shortcut == "nearest":
+            residual = K.resize_nearest(x, self.shuffle)
+        if self.fp:
+            xin = x if beta is None else x + beta[0]
+            y = K.conv2d(np.ascontiguousarray(xin, np.float32), self.fp_w, self.bias, w_matrix=self.fp_wm)
+            return self._finish(y, spatial, gamma, residual, per_row)
+        shift = self.threshold
+        if beta is not None:
+            shift = -beta if shift is None else shift - beta
+        if shift is not None and shift.ndim == 2 and shift.shape[0] > 1:  # one shift per row
+            bits = np.concatenate([K.pack_signs(x[i:i + 1], np.ascontiguousarray(shift[i]))
+                                   for i in range(x.shape[0])], axis=0)
+        else:
+            bits = K.pack_signs(x, None if shift is None else np.ascontiguousarray(shift.reshape(-1)))
+        if per_row:  # per-row channel factors: apply the epilogue here
+            y = K.binary_conv2d(bits, self.w_bits, self.cin, self.k, 1, self.pad_value, self.mul, self.bias,
+                                spatial_scale=spatial)
+            return self._finish(y, None, gamma, residual, True)
+        return K.binary_conv2d(bits, self.w_bits, self.cin, self.k, 1, self.pad_value, self.mul, self.bias,
+                               spatial_scale=spatial, channel_scale=None if gamma is None else gamma[0],
+                               residual=residual, neg_slope=self.neg_slope, out_shuffle=self.shuffle,
+                               tap_sums=self.tap_sums)
+
+    def _finish(self, y, spatial, gamma, residual, per_row):
+        """The epilogue in NumPy, for the paths the kernel's epilogue does not cover."""
+        if spatial is not None:
+            y = y * spatial[..., None]
+        if gamma is not None:
+            y = y * (gamma[:, None, :] if per_row else gamma[0])
+        if self.shuffle > 1:
+            y = K.pixel_shuffle(np.ascontiguousarray(y, np.float32), self.shuffle)
+        if residual is not None:
+            y = y + residual
+        if self.neg_slope is not None:
+            y = np.where(y >= 0, y, np.float32(self.neg_slope) * y)
+        return np.ascontiguousarray(y, np.float32)
+
+
+@_op("layer_norm")
+class LayerNorm(_Op):
+    def __init__(self, attrs, tensors):
+        self.w, self.b = self._t(tensors, attrs["weight"]), self._t(tensors, attrs["bias"])
+        self.eps = np.float32(attrs["eps"])
+
+    def __call__(self, x):
+        return layer_norm(x, self.w, self.b, self.eps)
+
+
+def layer_norm(x, w, b, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return ((x - mean) / np.sqrt(var + eps) * w + b).astype(np.float32)
+
+
+def window_partition(x, ws):
+    h, w, c = x.shape
+    return x.reshape(h // ws, ws, w // ws, ws, c).transpose(0, 2, 1, 3, 4).reshape(-1, ws * ws, c)
+
+
+def window_reverse(win, ws, h, w):
+    c = win.shape[-1]
+    return win.reshape(h // ws, w // ws, ws, ws, c).transpose(0, 2, 1, 3, 4).reshape(h, w, c)
+
+
+def shifted_window_mask(h, w, ws, shift):
+    region = np.zeros((h, w), np.float32)
+    cuts = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+    label = 0
+    for hs in cuts:
+        for wsl in cuts:
+            region[hs, wsl] = label
+            label += 1
+    ids = window_partition(region[..., None], ws)[..., 0]
+    return np.where(ids[:, None, :] != ids[:, :, None], np.float32(-100.0), np.float32(0.0))
+
+
+@_op("swin_block")
+class SwinBlock(_Op):
+    def __init__(self, attrs, tensors):
+        t = lambda name: self._t(tensors, name)  # noqa: E731
+        self.heads, self.ws, self.shift, self.scale = attrs["heads"], attrs["window"], attrs["shift"], attrs["scale"]
+        self.rel = t(attrs["rel_bias"])
+        self.n1 = (t(attrs["norm1_w"]), t(attrs["norm1_b"]), np.float32(attrs["norm1_eps"]))
+        self.n2 = (t(attrs["norm2_w"]), t(attrs["norm2_b"]), np.float32(attrs["norm2_eps"]))
+        self.qkv, self.proj, self.fc1, self.fc2 = (BinaryUnit(attrs[k], tensors) for k in ("qkv", "proj", "fc1", "fc2"))
+        self._masks = {}
+
+    def __call__(self, x):
+        h, w, c = x.shape
+        ws, shift, heads = self.ws, self.shift, self.heads
+        y = layer_norm(x, *self.n1)
+        if shift:
+            y = np.roll(y, (-shift, -shift), (0, 1))
+        win = np.ascontiguousarray(window_partition(y, ws))
+        nw, n, _ = win.shape
+        qkv = self.qkv(win).reshape(nw, n, 3, heads, c // heads).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * np.float32(self.scale), qkv[1], qkv[2]
+        attn = q @ k.transpose(0, 1, 3, 2) + self.rel[None]
+        if shift:
+            if (h, w) not in self._masks:
+                self._masks[(h, w)] = shifted_window_mask(h, w, ws, shift)
+            attn = attn + self._masks[(h, w)][:, None]
+        attn = np.exp(attn - attn.max(-1, keepdims=True))
+        attn /= attn.sum(-1, keepdims=True)
+        out = (attn @ v).transpose(0, 2, 1, 3).reshape(nw, n, c)
+        y = window_reverse(self.proj(np.ascontiguousarray(out, np.float32)), ws, h, w)
+        if shift:
+            y = np.roll(y, (shift, shift), (0, 1))
+        x = x + y
+        t = layer_norm(x, *self.n2).reshape(1, h * w, c)
+        hidden = self.fc1(t)
+        return x + self.fc2(gelu(hidden)).reshape(h, w, c)
+
+
+@_op("pad_reflect")
+class PadReflect(_Op):
+    def __init__(self, attrs, tensors):
+        self.m = attrs["multiple"]
+
+    def __call__(self, x):
+        h, w = x.shape[:2]
+        ph, pw = (-h) % self.m, (-w) % self.m
+        if not (ph or pw):
+            return x
+        return np.ascontiguousarray(np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect"))
+
+
+@_op("crop")
+class Crop(_Op):
+    def __init__(self, attrs, tensors):
+        self.s = attrs["scale"]
+
+    def __call__(self, x, image):
+        return np.ascontiguousarray(x[: image.shape[0] * self.s, : image.shape[1] * self.s])
+
+
+class Engine:
+    """A loaded runtime model. ``Engine.load(path)``; ``engine.upscale(bgr_uint8)``."""
+
+    def __init__(self, header: dict, tensors: dict, source: str = "model"):
+        self.header = header
+        try:
+            self.scale = int(header["scale"])
+            self.arch = header["arch"]
+            self.in_channels = int(header.get("in_channels", 3))
+            self._output = header["output"]
+            self._ops = []
+            for spec in header["graph"]:
+                kind = spec["op"]
+                if kind not in _OPS:
+                    raise ModelFileError(f"{source}: unknown op {kind!r} (made by a newer ebsr-basicsr?)")
+                attrs = {k: v for k, v in spec.items() if k not in ("op", "in", "out")}
+                self._ops.append((_OPS[kind](attrs, tensors), list(spec["in"]), spec["out"]))
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{source}: inconsistent model graph ({type(e).__name__}: {e})") from None
+
+    @classmethod
+    def load(cls, path) -> "Engine":
+        header, tensors = load_model(path)
+        return cls(header, tensors, str(Path(path)))
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        """float32 (H, W, C) RGB in [0, 1] → float32 (H·s, W·s, C), not clipped."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != self.in_channels:
+            raise ValueError(f"expected an (H, W, {self.in_channels}) image, got shape {image.shape}")
+        values = {"input": np.ascontiguousarray(image, np.float32)}
+        for op, inputs, out in self._ops:
+            values[out] = op(*(values[name] for name in inputs))
+        return values[self._output]
+
+    def upscale(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) BGR (OpenCV's order) → uint8 (H·s, W·s, 3) BGR."""
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected a uint8 (H, W, 3) BGR image, got {image.dtype} {image.shape}")
+        rgb = image[:, :, ::-1].astype(np.float32) / np.float32(255.0)
+        out = self.run(rgb)
+        return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)[:, :, ::-1].copy()
