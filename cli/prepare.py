@@ -42,13 +42,14 @@ def _scales(ctx, param, value):
                    "pixels would be left over (basicsr's extract_subimages rule).")
 @click.option("--mod", default=None, type=int,
               help="Crop HR sizes to a multiple of this. Default: the lcm of the scales (12 "
-                   "for 2,3,4).")
+                   "for 2,3,4); with --val and one scale, --mod 12 keeps the GTmod12 name.")
 @click.option("--min-std", default=0.0, show_default=True,
               help="Drop sub-images whose grey-level standard deviation (0..255) is below this "
                    "(flat sky, blurred backgrounds). 0 keeps all.")
 @click.option("--min-grad", default=0.0, show_default=True,
               help="Drop sub-images whose mean absolute neighbour difference (0..255) is below "
-                   "this. 0 keeps all.")
+                   "this: the better flatness test (a smooth gradient has a high std). 1 drops "
+                   "blurred backgrounds and clear sky; 0 keeps all.")
 @click.option("--lmdb", "make_lmdb", is_flag=True,
               help="Also write each folder as an LMDB (<folder>.lmdb with meta_info.txt).")
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")

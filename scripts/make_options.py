@@ -345,7 +345,9 @@ path:
 
 # training settings
 train:
-  ema_decay: 0.999
+  # 0.999 (the long recipe) averages over ~1000 iterations, a third of this run: at
+  # iteration 500 the EMA net was still 61% random init (16.7 dB vs 28.1 dB raw weights).
+  ema_decay: 0.99
   optim_g:
     type: Adam
     lr: !!float 5e-4  # higher than the 2e-4 of the long recipe: few iterations
