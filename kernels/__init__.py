@@ -1,0 +1,101 @@
+"""Numba kernels of the bitwise CPU runtime (``ebsr_basicsr.kernels``).
+
+Bit and layout conventions are stated once in :mod:`.bitpack`. Every public op has a plain
+NumPy ``*_ref`` twin that defines its semantics; the public op validates its arguments
+(ValueError) and calls a jitted kernel. Kernels compile lazily on first call and are cached
+on disk (``cache=True``), so importing this package compiles nothing.
+
+Threads: the parallel kernels use Numba's thread pool. :func:`set_num_threads` sets it (and,
+best effort, the thread count of NumPy's bundled OpenBLAS that runs the FP GEMMs); the
+environment variable ``EBSR_NUM_THREADS`` sets it at import. Default: all cores. Numba's
+setting is per calling thread: call :func:`set_num_threads` in the thread that runs the model.
+"""
+import ctypes
+import glob
+import os
+
+import numba
+import numpy as np
+
+from .bitpack import (n_words, pack_signs, pack_signs_ref, pack_weights, pack_weights_ref, unpack_signs_ref,
+                      unpack_weights, unpack_weights_ref, valid_bits_mask, weight_tap_sums, weight_tap_sums_ref)
+from .bconv import binary_conv2d, binary_conv2d_ref
+from .fpconv import conv2d, conv2d_ref
+from .ops import (box_filter_mean_abs, box_filter_mean_abs_ref, global_avg_pool, global_avg_pool_ref,
+                  pixel_shuffle, pixel_shuffle_ref, pixel_unshuffle_ref, resize_bilinear, resize_bilinear_ref,
+                  resize_nearest, resize_nearest_ref)
+from .popcount import popcount_ref
+
+__all__ = [
+    "set_num_threads", "get_num_threads", "max_threads",
+    "pack_signs", "pack_signs_ref", "unpack_signs_ref", "n_words", "valid_bits_mask",
+    "pack_weights", "pack_weights_ref", "unpack_weights", "unpack_weights_ref",
+    "weight_tap_sums", "weight_tap_sums_ref",
+    "binary_conv2d", "binary_conv2d_ref",
+    "conv2d", "conv2d_ref",
+    "pixel_shuffle", "pixel_shuffle_ref", "pixel_unshuffle_ref",
+    "resize_bilinear", "resize_bilinear_ref", "resize_nearest", "resize_nearest_ref",
+    "global_avg_pool", "global_avg_pool_ref", "box_filter_mean_abs", "box_filter_mean_abs_ref",
+    "popcount_ref",
+]
+
+_BLAS_SETTERS = None
+
+
+def _openblas_thread_setters():
+    """Functions setting the thread count of the OpenBLAS bundled with NumPy (empty list if
+    NumPy uses another BLAS or the library cannot be found)."""
+    setters = []
+    libdir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(libdir, "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int]
+                fn.restype = None
+                setters.append(fn)
+                break
+    return setters
+
+
+def max_threads():
+    """Size of Numba's thread pool (``NUMBA_NUM_THREADS``, by default the number of cores)."""
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def set_num_threads(n):
+    """Use ``n`` threads (1 <= n <= :func:`max_threads`) in the parallel kernels of the calling
+    thread, and in NumPy's bundled OpenBLAS when it can be found."""
+    global _BLAS_SETTERS
+    n = int(n)
+    if not 1 <= n <= max_threads():
+        raise ValueError("number of threads must be in [1, %d], got %d" % (max_threads(), n))
+    numba.set_num_threads(n)
+    if _BLAS_SETTERS is None:
+        _BLAS_SETTERS = _openblas_thread_setters()
+    for fn in _BLAS_SETTERS:
+        fn(n)
+
+
+def get_num_threads():
+    """Number of threads the parallel kernels use in the calling thread."""
+    return numba.get_num_threads()
+
+
+def _threads_from_env():
+    value = os.environ.get("EBSR_NUM_THREADS", "").strip()
+    if not value:
+        return
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError("EBSR_NUM_THREADS must be an integer, got %r" % value) from None
+    set_num_threads(max(1, min(n, max_threads())))
+
+
+_threads_from_env()

@@ -1,0 +1,207 @@
+"""The per-pixel epilogue shared by the binary and the float convolutions.
+
+For output pixel ``(ho, wo)`` whose raw values sit in row ``m`` of a float32 buffer ``src``
+(the ±1 dot products of a binary conv, or a GEMM row of a float conv), in this order::
+
+    y = (src[m, o] - corr[o]) * mul[o] + bias[o]     # affine part
+    y *= spatial_scale[ho, wo];  y *= channel_scale[o]
+    y += residual;  y = where(y >= 0, y, slope * y)
+    store (PixelShuffle'd if s > 1);  bits of y - next_shift < 0 (optional repack)
+
+``corr`` is the zero-padding correction of a binary conv (zeros otherwise). Absent options
+are passed as neutral values (scale 1, channel scale ones, slope 1, shift zeros), which
+leave every float bit-identical, so one compiled kernel serves all combinations.
+
+Residual modes: 0 none; 1 laid out like the conv output before the shuffle, ``(Ho, Wo, O)``;
+2 laid out like the returned map, ``(Ho*s, Wo*s, O/s^2)``. Both add the same element to the
+same value (mode 2 is indexed after the shuffle).
+
+Performance note: the values go from ``src`` to ``out`` in one loop, and the packed bits are
+accumulated in that same loop (an OR-reduction), because a second pass that re-reads just
+stored values with wider loads stalls on failed store-to-load forwarding.
+"""
+import numpy as np
+from numba import njit
+
+from .bitpack import pack_signs_ref
+from .ops import pixel_shuffle_ref, pixel_unshuffle_ref
+
+RES_NONE, RES_PRE, RES_POST = 0, 1, 2
+_EMPTY3 = np.empty((0, 0, 0), dtype=np.float32)
+_EMPTY2 = np.empty((0, 0), dtype=np.float32)
+_EMPTY_BITS = np.empty((0, 0, 0), dtype=np.uint64)
+
+
+@njit(cache=True, fastmath=False, inline="always")
+def _store_direct_nb(src, m, ho, wo, corr, mul, bias, sc, cs, res, use_res, slope, out, ns, pack, bits):
+    """Fused epilogue for ``s == 1`` (residual mode 0 or 1): ``src`` row -> ``out`` and bits."""
+    O = out.shape[2]
+    for cw in range((O + 63) // 64):
+        # Unsigned bounds: the loop index is then known to be non-negative, which spares the
+        # negative-index wrap-around and lets LLVM use contiguous vector loads (not gathers).
+        ob = np.uint64(64 * cw)
+        oe = np.uint64(min(O, 64 * cw + 64))
+        word = np.uint64(0)
+        for o in range(ob, oe):
+            v = (src[m, o] - corr[o]) * mul[o] + bias[o]
+            v = v * sc
+            v = v * cs[o]
+            if use_res:
+                v = v + res[ho, wo, o]
+            v = v if v >= 0 else v * slope
+            out[ho, wo, o] = v
+            if pack:
+                word |= np.uint64(v - ns[o] < 0) << (o - ob)
+        if pack:
+            bits[ho, wo, cw] = word
+
+
+@njit(cache=True, fastmath=False, inline="always")
+def _store_shuffled_nb(y, ho, wo, res, use_res, slope, s, out, ns, pack, bits):
+    """Second pass for ``s > 1`` or residual mode 2: scatter ``y`` (pre-shuffle order) into
+    ``out`` (adding the post-shuffle residual and applying the activation if asked)."""
+    oc = out.shape[2]
+    for i in range(s):
+        oy = ho * s + i
+        for j in range(s):
+            ox = wo * s + j
+            for cw in range((oc + 63) // 64):
+                cb = np.uint64(64 * cw)
+                ce = np.uint64(min(oc, 64 * cw + 64))
+                word = np.uint64(0)
+                for c in range(cb, ce):
+                    v = y[(c * np.uint64(s) + np.uint64(i)) * np.uint64(s) + np.uint64(j)]
+                    if use_res:
+                        v = v + res[oy, ox, c]
+                    v = v if v >= 0 else v * slope
+                    out[oy, ox, c] = v
+                    if pack:
+                        word |= np.uint64(v - ns[c] < 0) << (c - cb)
+                if pack:
+                    bits[oy, ox, cw] = word
+
+
+@njit(cache=True, fastmath=False, inline="always")
+def epilogue_pixel_nb(src, m, ho, wo, corr, mul, bias, y,
+                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+    """Apply the whole epilogue to row ``m`` of ``src`` for output pixel ``(ho, wo)``;
+    ``y`` is a float32 ``(O,)`` scratch row (used only when ``s > 1`` or ``res_mode == 2``)."""
+    sc = ss[ho, wo] if has_ss else np.float32(1)
+    if s == 1 and res_mode != 2:
+        if res_mode == 1:
+            if has_pack:
+                _store_direct_nb(src, m, ho, wo, corr, mul, bias, sc, cs, res, True, slope, out, ns, True, bits)
+            else:
+                _store_direct_nb(src, m, ho, wo, corr, mul, bias, sc, cs, res, True, slope, out, ns, False, bits)
+        else:
+            if has_pack:
+                _store_direct_nb(src, m, ho, wo, corr, mul, bias, sc, cs, res, False, slope, out, ns, True, bits)
+            else:
+                _store_direct_nb(src, m, ho, wo, corr, mul, bias, sc, cs, res, False, slope, out, ns, False, bits)
+        return
+    # General path: affine + scales (+ pre-shuffle residual and activation) into y, then scatter.
+    O = y.shape[0]
+    one = np.float32(1)
+    slope1 = slope if res_mode == 1 else one
+    slope2 = slope if res_mode != 1 else one
+    if res_mode == 1:
+        for o in range(O):
+            v = ((src[m, o] - corr[o]) * mul[o] + bias[o]) * sc * cs[o] + res[ho, wo, o]
+            y[o] = v if v >= 0 else v * slope1
+    else:
+        for o in range(O):
+            y[o] = ((src[m, o] - corr[o]) * mul[o] + bias[o]) * sc * cs[o]
+    if res_mode == 2:
+        _store_shuffled_nb(y, ho, wo, res, True, slope2, s, out, ns, has_pack, bits)
+    else:
+        _store_shuffled_nb(y, ho, wo, res, False, slope2, s, out, ns, has_pack, bits)
+
+
+def epilogue_ref(y, spatial_scale=None, channel_scale=None, residual=None, neg_slope=None,
+                 out_shuffle=1, next_shift=None):
+    """Reference epilogue on the float32 affine output ``y`` ``(Ho, Wo, O)``; returns the
+    output map, or ``(map, bits)`` if ``next_shift`` is given."""
+    y = y.astype(np.float32)
+    s = out_shuffle
+    if spatial_scale is not None:
+        y = y * spatial_scale[:, :, None]
+    if channel_scale is not None:
+        y = y * channel_scale
+    if residual is not None:
+        if residual.shape != y.shape:
+            residual = pixel_unshuffle_ref(residual, s)
+        y = y + residual
+    if neg_slope is not None:
+        y = np.where(y >= 0, y, np.float32(neg_slope) * y)
+    if s > 1:
+        y = pixel_shuffle_ref(y, s)
+    y = y.astype(np.float32)
+    if next_shift is not None:
+        return y, pack_signs_ref(y, next_shift)
+    return y
+
+
+def _output_buffer(buf, shape, dtype, name):
+    """``buf`` if it is a usable preallocated output, else a new array; ValueError if a
+    given buffer has the wrong shape, dtype or layout."""
+    if buf is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(buf, np.ndarray) or buf.shape != shape or buf.dtype != dtype \
+            or not buf.flags.c_contiguous or not buf.flags.writeable:
+        raise ValueError("%s must be a writeable C-contiguous %s array of shape %s, got %s %s"
+                         % (name, np.dtype(dtype).name, shape, getattr(buf, "dtype", type(buf)),
+                            getattr(buf, "shape", "")))
+    return buf
+
+
+def prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slope,
+                     out_shuffle, next_shift, check_map, out=None, bits_out=None):
+    """Validate the epilogue options of a conv with output ``(Ho, Wo, O)`` (before the
+    shuffle) and turn them into the argument tuple ``(ss, has_ss, cs, res, res_mode, slope,
+    s, out, ns, has_pack, bits)`` of :func:`epilogue_pixel_nb`; also return the output
+    arrays (``out`` / ``bits_out`` if given, else new ones). Raises ValueError on a bad
+    shape or dtype."""
+    s = int(out_shuffle)
+    if s != out_shuffle or s < 1:
+        raise ValueError("out_shuffle must be a positive integer, got %r" % (out_shuffle,))
+    if O % (s * s):
+        raise ValueError("out_shuffle=%d needs output channels divisible by %d, got %d" % (s, s * s, O))
+    oc = O // (s * s)
+    if spatial_scale is None:
+        ss, has_ss = _EMPTY2, False
+    else:
+        ss = np.asarray(spatial_scale)
+        if ss.dtype != np.float32 or ss.shape != (Ho, Wo):
+            raise ValueError("spatial_scale must be float32 (%d, %d), got %s %s" % (Ho, Wo, ss.dtype, ss.shape))
+        ss, has_ss = np.ascontiguousarray(ss), True
+    if channel_scale is None:
+        cs = np.ones(O, dtype=np.float32)
+    else:
+        cs = np.asarray(channel_scale)
+        if cs.shape != (O,) or not np.issubdtype(cs.dtype, np.floating):
+            raise ValueError("channel_scale must be float (%d,), got %s %s" % (O, cs.dtype, cs.shape))
+        cs = np.ascontiguousarray(cs, dtype=np.float32)
+    if residual is None:
+        res, res_mode = _EMPTY3, RES_NONE
+    else:
+        res = check_map(residual, "residual")
+        if res.shape == (Ho, Wo, O):
+            res_mode = RES_PRE
+        elif res.shape == (Ho * s, Wo * s, oc):
+            res_mode = RES_POST
+        else:
+            raise ValueError("residual must have shape %s (before the shuffle) or %s (after), got %s"
+                             % ((Ho, Wo, O), (Ho * s, Wo * s, oc), res.shape))
+    slope = np.float32(1) if neg_slope is None else np.float32(neg_slope)
+    out = _output_buffer(out, (Ho * s, Wo * s, oc), np.float32, "out")
+    if next_shift is None:
+        ns, has_pack, bits = np.zeros(oc, dtype=np.float32), False, _EMPTY_BITS
+    else:
+        ns = np.asarray(next_shift)
+        if ns.shape != (oc,) or not np.issubdtype(ns.dtype, np.floating):
+            raise ValueError("next_shift must be float (%d,) (channels of the output map), got %s %s"
+                             % (oc, ns.dtype, ns.shape))
+        ns, has_pack = np.ascontiguousarray(ns, dtype=np.float32), True
+        bits = _output_buffer(bits_out, (Ho * s, Wo * s, (oc + 63) // 64), np.uint64, "bits_out")
+    args = (ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+    return args, out, (bits if has_pack else None)

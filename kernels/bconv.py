@@ -1,0 +1,262 @@
+"""Binary (XNOR-popcount) convolution with a fused epilogue.
+
+The jitted kernels walk output rows in parallel (``prange``). For each tile of 8 output
+pixels and each group of 8 output channels an LLVM-IR tile (see
+:func:`.popcount.make_xor_popcount_tile`) accumulates ``popcount(a XOR w)`` over all taps and
+channel words in registers; the epilogue then turns the counts into floats and applies the
+scales, residual, LeakyReLU, PixelShuffle and the optional repack, pixel by pixel while the
+values are still in L1.
+
+Padding: a 3x3 conv reads a copy of the packed map padded by one pixel. ``pad_value=+1`` pads
+with 0 bits, ``-1`` with 1 bits (valid channels only), and ``0`` (PyTorch's zero padding of
+the signed map) pads with +1 bits and subtracts, on border pixels only, the per-tap weight
+sums of the taps that fall outside the map (:func:`.bitpack.weight_tap_sums`), so the integer
+dot products are exact.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._epilogue import epilogue_ref, epilogue_pixel_nb, prepare_epilogue
+from .bitpack import (_check_map, _check_packed_weights, _check_vector, n_words, unpack_signs_ref,
+                      unpack_weights, valid_bits_mask, weight_tap_sums)
+from .popcount import TILE_LANES, make_xor_popcount_tile
+
+__all__ = ["binary_conv2d", "binary_conv2d_ref"]
+
+_P = 8            # output pixels per register tile
+_CHUNK = 16 * _P  # pixels per parallel work item of the 1x1 kernel
+_tile3 = make_xor_popcount_tile(_P, 3, 3)
+_tile3_single = make_xor_popcount_tile(1, 3, 3)
+_tile1 = make_xor_popcount_tile(_P, 1, 1)
+_tile1_single = make_xor_popcount_tile(1, 1, 1)
+
+
+# --------------------------------------------------------------------------- reference
+def binary_conv2d_ref(x_bits, w_packed, in_channels, kernel_size, stride=1, pad_value=1, mul=None,
+                      bias=None, *, spatial_scale=None, channel_scale=None, residual=None,
+                      neg_slope=None, out_shuffle=1, next_shift=None):
+    """Reference for :func:`binary_conv2d`, written with floats: unpack to ±1, pad with
+    ``pad_value``, correlate (PyTorch conv2d semantics), then the epilogue in float32."""
+    a = unpack_signs_ref(x_bits, in_channels).astype(np.float64)
+    w = unpack_weights(w_packed, in_channels, kernel_size, kernel_size).astype(np.float64)
+    O = w.shape[0]
+    k, p = kernel_size, kernel_size // 2
+    a = np.pad(a, ((p, p), (p, p), (0, 0)), constant_values=float(pad_value))
+    Ho = (a.shape[0] - k) // stride + 1
+    Wo = (a.shape[1] - k) // stride + 1
+    dot = np.zeros((Ho, Wo, O), dtype=np.float64)
+    for ky in range(k):
+        for kx in range(k):
+            window = a[ky:ky + stride * (Ho - 1) + 1:stride, kx:kx + stride * (Wo - 1) + 1:stride, :]
+            dot += window @ w[:, :, ky, kx].T
+    mul = np.ones(O, np.float32) if mul is None else np.asarray(mul, np.float32)
+    bias = np.zeros(O, np.float32) if bias is None else np.asarray(bias, np.float32)
+    y = dot.astype(np.float32) * mul + bias
+    return epilogue_ref(y, spatial_scale, channel_scale, residual, neg_slope, out_shuffle, next_shift)
+
+
+# --------------------------------------------------------------------------- jitted kernels
+@njit(cache=True, fastmath=False, parallel=True)
+def _pad_bits_nb(x, pad_words, xp):
+    H, W, CW = x.shape
+    for r in prange(H + 2):
+        for c in range(W + 2):
+            if 1 <= r <= H and 1 <= c <= W:
+                for k in range(CW):
+                    xp[r, c, k] = x[r - 1, c - 1, k]
+            else:
+                for k in range(CW):
+                    xp[r, c, k] = pad_words[k]
+    return xp
+
+
+@njit(cache=True, fastmath=False, inline="always")
+def _border_correction_nb(taps, iy, ix, H, W, corr):
+    """``corr[o]`` = sum of the tap sums of the 3x3 taps of the window centred on input
+    pixel ``(iy, ix)`` that fall outside the ``H x W`` map (an integer, held in float32)."""
+    for o in range(corr.shape[0]):
+        corr[o] = 0
+    for ky in range(3):
+        r = iy - 1 + ky
+        for kx in range(3):
+            c = ix - 1 + kx
+            if r < 0 or r >= H or c < 0 or c >= W:
+                t = ky * 3 + kx
+                for o in range(corr.shape[0]):
+                    corr[o] += taps[t, o]
+
+
+@njit(cache=True, fastmath=False, parallel=True)
+def _binary_conv3_nb(xp, w, taps, K, H, W, stride, zero_pad, mul, bias,
+                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+    O = mul.shape[0]
+    opad = w.shape[3]
+    Ho = (H - 1) // stride + 1
+    Wo = (W - 1) // stride + 1
+    for ho in prange(Ho):
+        dots = np.empty((_P, opad), dtype=np.float32)
+        y = np.empty(O, dtype=np.float32)
+        corr = np.zeros(O, dtype=np.float32)
+        iy = ho * stride  # window top row in xp; centre is input row iy
+        row_border = zero_pad and (iy == 0 or iy + 1 >= H)
+        if Wo >= _P:
+            for x0 in range(0, Wo, _P):
+                xs = min(x0, Wo - _P)  # the last tile is shifted left to stay inside
+                for o0 in range(0, opad, TILE_LANES):
+                    _tile3(xp, w, dots, iy, xs * stride, stride, o0, K)
+                for p in range(x0 - xs, _P):
+                    wo = xs + p
+                    ix = wo * stride
+                    border = row_border or (zero_pad and (ix == 0 or ix + 1 >= W))
+                    if border:
+                        _border_correction_nb(taps, iy, ix, H, W, corr)
+                    epilogue_pixel_nb(dots, p, ho, wo, corr, mul, bias, y,
+                                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+                    if border:
+                        corr[:] = 0
+        else:
+            for wo in range(Wo):
+                ix = wo * stride
+                for o0 in range(0, opad, TILE_LANES):
+                    _tile3_single(xp, w, dots, iy, ix, stride, o0, K)
+                border = row_border or (zero_pad and (ix == 0 or ix + 1 >= W))
+                if border:
+                    _border_correction_nb(taps, iy, ix, H, W, corr)
+                epilogue_pixel_nb(dots, 0, ho, wo, corr, mul, bias, y,
+                                  ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+                if border:
+                    corr[:] = 0
+    return out
+
+
+@njit(cache=True, fastmath=False, parallel=True)
+def _binary_conv1_nb(xf, w, K, Wo, mul, bias,
+                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+    # xf: (1, N, CW) packed input pixels in output raster order (already strided).
+    O = mul.shape[0]
+    opad = w.shape[3]
+    N = xf.shape[1]
+    n_chunks = (N + _CHUNK - 1) // _CHUNK
+    for ch in prange(n_chunks):
+        dots = np.empty((_P, opad), dtype=np.float32)
+        y = np.empty(O, dtype=np.float32)
+        corr = np.zeros(O, dtype=np.float32)
+        begin = ch * _CHUNK
+        end = min(N, begin + _CHUNK)
+        if N >= _P:
+            for n0 in range(begin, end, _P):
+                ns0 = min(n0, N - _P)
+                for o0 in range(0, opad, TILE_LANES):
+                    _tile1(xf, w, dots, 0, ns0, 1, o0, K)
+                for p in range(n0 - ns0, min(_P, end - ns0)):
+                    n = ns0 + p
+                    ho = n // Wo
+                    epilogue_pixel_nb(dots, p, ho, n - ho * Wo, corr, mul, bias, y,
+                                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+        else:
+            for n in range(begin, end):
+                for o0 in range(0, opad, TILE_LANES):
+                    _tile1_single(xf, w, dots, 0, n, 1, o0, K)
+                ho = n // Wo
+                epilogue_pixel_nb(dots, 0, ho, n - ho * Wo, corr, mul, bias, y,
+                                  ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+    return out
+
+
+# --------------------------------------------------------------------------- public op
+def _check_bits(x_bits, in_channels):
+    if not isinstance(x_bits, np.ndarray) or x_bits.dtype != np.uint64 or x_bits.ndim != 3:
+        raise ValueError("x_bits must be a uint64 (H, W, CW) array, got %s"
+                         % (getattr(x_bits, "dtype", type(x_bits)),))
+    if x_bits.shape[2] != n_words(in_channels):
+        raise ValueError("x_bits has %d words per pixel, in_channels=%d needs %d"
+                         % (x_bits.shape[2], in_channels, n_words(in_channels)))
+    return np.ascontiguousarray(x_bits)
+
+
+def binary_conv2d(x_bits, w_packed, in_channels, kernel_size, stride=1, pad_value=1, mul=None,
+                  bias=None, *, spatial_scale=None, channel_scale=None, residual=None,
+                  neg_slope=None, out_shuffle=1, next_shift=None, tap_sums=None, out=None, bits_out=None):
+    """Binary convolution of packed ±1 activations with packed ±1 weights, fused epilogue.
+
+    Parameters
+    ----------
+    x_bits : uint64 ``(H, W, ceil(in_channels/64))``, from :func:`pack_signs` (unused high
+        bits must be 0).
+    w_packed : uint64 ``(k, k, ceil(in_channels/64), O)``, from :func:`pack_weights`.
+    in_channels : int, the number ``C`` of valid input channels.
+    kernel_size : 1 or 3 (square kernel, padding ``k // 2``).
+    stride : 1 or 2.
+    pad_value : +1, -1 or 0, the value the ±1 map is padded with (0 is PyTorch's zero padding
+        after the sign; it is exact, done with a per-tap correction on border pixels).
+    mul, bias : float32 ``(O,)``; default 1 and 0.
+    spatial_scale : float32 ``(Ho, Wo)``, optional.
+    channel_scale : float32 ``(O,)``, optional.
+    residual : float32 ``(Ho, Wo, O)`` (before the shuffle) or ``(Ho*s, Wo*s, O/s^2)``
+        (shaped like the returned map; same element-wise sum), optional.
+    neg_slope : float, optional LeakyReLU slope.
+    out_shuffle : int ``s``; if > 1 the output is written PixelShuffle'd (PyTorch order).
+    next_shift : float32 ``(O/s^2,)``, optional; also return the packed bits of
+        ``out - next_shift`` (exactly ``pack_signs(out, next_shift)``).
+    tap_sums : int64 ``(k*k, O)``, optional precomputed :func:`weight_tap_sums` for
+        ``pad_value=0``.
+    out, bits_out : optional preallocated C-contiguous outputs (float32 map, uint64 bits) of
+        the returned shapes, filled and returned. Reusing buffers between calls avoids the
+        page faults of fresh multi-megabyte allocations, which cost about as much as the
+        convolution itself.
+
+    Computes, with ``dot[p, o]`` the correlation of the padded ±1 map with the ±1 weights::
+
+        y = dot * mul[o] + bias[o];  y *= spatial_scale[p];  y *= channel_scale[o]
+        y += residual[p, o];  y = where(y >= 0, y, neg_slope * y);  PixelShuffle(s)
+
+    Returns float32 ``(Ho*s, Wo*s, O/s^2)``, or ``(out, bits)`` if ``next_shift`` is given.
+    """
+    C = int(in_channels)
+    if C != in_channels or C < 1:
+        raise ValueError("in_channels must be a positive integer, got %r" % (in_channels,))
+    x_bits = _check_bits(x_bits, C)
+    k = kernel_size
+    if k not in (1, 3):
+        raise ValueError("kernel_size must be 1 or 3, got %r" % (kernel_size,))
+    if stride not in (1, 2):
+        raise ValueError("stride must be 1 or 2, got %r" % (stride,))
+    if pad_value not in (1, -1, 0):
+        raise ValueError("pad_value must be +1, -1 or 0, got %r" % (pad_value,))
+    w_packed = np.ascontiguousarray(_check_packed_weights(w_packed, C, k, k))
+    O = w_packed.shape[3]
+    mul = _check_vector(mul, O, "mul", default=1.0)
+    bias = _check_vector(bias, O, "bias", default=0.0)
+    H, W = x_bits.shape[:2]
+    Ho = (H - 1) // stride + 1 if H else 0
+    Wo = (W - 1) // stride + 1 if W else 0
+    args, out, bits = prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slope,
+                                       out_shuffle, next_shift, _check_map, out, bits_out)
+    if out.size == 0 or O == 0:
+        return out if bits is None else (out, bits)
+
+    # Pad the output channels to whole 8-lane groups (zero weights, results discarded).
+    opad = -(-O // TILE_LANES) * TILE_LANES
+    if opad != O:
+        w_full = np.zeros(w_packed.shape[:3] + (opad,), dtype=np.uint64)
+        w_full[..., :O] = w_packed
+        w_packed = w_full
+    K = C * k * k
+
+    if k == 3:
+        pad_words = valid_bits_mask(C) if pad_value == -1 else np.zeros(n_words(C), dtype=np.uint64)
+        xp = _pad_bits_nb(x_bits, pad_words, np.empty((H + 2, W + 2, x_bits.shape[2]), dtype=np.uint64))
+        zero_pad = pad_value == 0
+        if zero_pad:
+            taps = weight_tap_sums(w_packed[..., :O], C) if tap_sums is None else np.asarray(tap_sums)
+            if taps.shape != (9, O):
+                raise ValueError("tap_sums must have shape (9, %d), got %s" % (O, taps.shape))
+            taps = np.ascontiguousarray(taps, dtype=np.float32)
+        else:
+            taps = np.zeros((9, O), dtype=np.float32)
+        _binary_conv3_nb(xp, w_packed, taps, K, H, W, stride, zero_pad, mul, bias, *args)
+    else:
+        xs = x_bits if stride == 1 else np.ascontiguousarray(x_bits[::stride, ::stride])
+        xf = xs.reshape(1, Ho * Wo, xs.shape[2])
+        _binary_conv1_nb(xf, w_packed, K, Wo, mul, bias, *args)
+    return out if bits is None else (out, bits)
