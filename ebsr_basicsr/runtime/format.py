@@ -80,6 +80,8 @@ def save_model(path, header: dict, tensors: dict[str, np.ndarray]) -> int:
 def decode_model(raw: bytes, source: str = "model file") -> tuple[dict, dict[str, np.ndarray]]:
     """Parse and validate model-file bytes; raises :class:`ModelFileError`."""
     if len(raw) < _PREAMBLE.size:
+        if raw and MAGIC.startswith(raw[:len(MAGIC)]):
+            raise ModelFileError(f"{source}: truncated (only {len(raw)} bytes)")
         raise ModelFileError(f"{source}: not an ebsr-basicsr model (only {len(raw)} bytes)")
     magic, version, header_len = _PREAMBLE.unpack_from(raw)
     if magic != MAGIC:

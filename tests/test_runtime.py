@@ -1,0 +1,209 @@
+"""Export + bitwise runtime against PyTorch, and the model file's defences."""
+import hashlib
+import json
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ebsr_basicsr.runtime import Engine, ModelFileError
+from ebsr_basicsr.runtime.engine import gelu, gelu_ref
+from ebsr_basicsr.runtime.format import decode_model, encode_model, load_model, save_model
+
+torch = pytest.importorskip("torch")
+yaml = pytest.importorskip("yaml")
+
+from click.testing import CliRunner  # noqa: E402
+
+from ebsr_basicsr.archs import build_arch  # noqa: E402
+from ebsr_basicsr.cli.export import main as export_main  # noqa: E402
+
+SMALL = {
+    "BNNSR": {"num_feat": 16, "num_block": 2},
+    "E2FIFNet": {"num_feat": 16, "num_block": 2},
+    "EBSRNet": {"num_feat": 16, "num_block": 2},
+    "SCALESNet": {"num_feat": 16, "num_block": 2},
+    "SCALESSwinIR": {"num_feat": 24, "num_block": 1, "depth": 2, "num_heads": 3, "window_size": 8},
+}
+
+
+def photo(h=48, w=56, offset=(100, 180)):
+    """A crop of a real photograph (scikit-image's astronaut), RGB float32 in [0, 1]."""
+    skdata = pytest.importorskip("skimage.data")
+    img = skdata.astronaut()[offset[0]:offset[0] + h, offset[1]:offset[1] + w]
+    return np.ascontiguousarray(img, dtype=np.float32) / 255.0
+
+
+def train_a_few_steps(net, scale, steps=6, seed=0):
+    """A few Adam steps on bicubic-downscaled crops of a real photo, like real training
+    (moves BN statistics, thresholds, layer scales and re-scalings off their init)."""
+    torch.manual_seed(seed)
+    hr = torch.from_numpy(photo(96, 96, (60, 150))).permute(2, 0, 1)[None]
+    lr = torch.nn.functional.interpolate(hr, scale_factor=1 / scale, mode="bicubic", antialias=True)
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    net.train()
+    for _ in range(steps):
+        loss = (net(lr) - hr[:, :, :lr.shape[2] * scale, :lr.shape[3] * scale]).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def psnr_uint8(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def export_via_cli(tmp_path, net, network_opt):
+    ckpt = tmp_path / "net_g.pth"
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}  # as a DDP-trained checkpoint
+    torch.save({"params": {k: v * 0 for k, v in state.items()}, "params_ema": state}, ckpt)
+    opt_file = tmp_path / "opt.yml"
+    opt_file.write_text(yaml.safe_dump({"name": "t", "network_g": network_opt}))
+    model = tmp_path / "model.ebsr"
+    result = CliRunner().invoke(export_main, [str(ckpt), "-opt", str(opt_file), "-o", str(model)])
+    assert result.exit_code == 0, result.output
+    assert "smaller than its FP32 weights" in result.output
+    return model
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_exported_model_matches_pytorch_eval(tmp_path, name, scale):
+    network_opt = {"type": name, "upscale": scale, **SMALL[name]}
+    net = train_a_few_steps(build_arch(network_opt), scale)
+    model = export_via_cli(tmp_path, net, network_opt)
+    engine = Engine.load(model)
+    assert engine.scale == scale and engine.arch == name
+    lr = photo()
+    bgr = np.ascontiguousarray((lr[:, :, ::-1] * 255).round().astype(np.uint8))
+    ours = engine.upscale(bgr)
+    with torch.no_grad():
+        x = torch.from_numpy(bgr[:, :, ::-1].astype(np.float32) / 255).permute(2, 0, 1)[None]
+        ref_float = net(x)[0].permute(1, 2, 0).numpy()
+    ref = np.clip(np.rint(ref_float * 255), 0, 255).astype(np.uint8)[:, :, ::-1]
+    assert ours.shape == ref.shape == (lr.shape[0] * scale, lr.shape[1] * scale, 3)
+    assert psnr_uint8(ours, ref) >= 50
+    # the float outputs agree closely too
+    out = engine.run(bgr[:, :, ::-1].astype(np.float32) / 255)
+    assert np.mean(np.abs(out - ref_float)) < 1e-4
+
+
+def test_binary_weights_take_one_bit(tmp_path):
+    network_opt = {"type": "EBSRNet", "upscale": 4, "num_feat": 64, "num_block": 4, "upsampler": "light"}
+    net = build_arch(network_opt).eval()
+    model = export_via_cli(tmp_path, net, network_opt)
+    fp32 = sum(t.numel() * 4 for t in net.state_dict().values() if t.is_floating_point())
+    binary = sum(m.weight.numel() for m in net.modules() if type(m).__name__ == "BinaryConv2d")
+    size = model.stat().st_size
+    assert size < fp32 - binary * 4 + binary / 8 + 64 * 1024  # every binary weight stored as a bit
+    assert size < fp32 / 2
+
+
+def test_fp_activation_layers_are_reported(tmp_path):
+    network_opt = {"type": "BNNSR", "upscale": 2, "num_feat": 8, "num_block": 1}
+    engine = Engine.load(export_via_cli(tmp_path, build_arch(network_opt), network_opt))
+    assert any("full-precision activations" in note for note in engine.header["notes"])
+
+
+def test_runtime_never_imports_torch_or_basicsr(tmp_path):
+    network_opt = {"type": "SCALESNet", "upscale": 2, **SMALL["SCALESNet"]}
+    model = export_via_cli(tmp_path, build_arch(network_opt), network_opt)
+    code = (
+        "import sys, numpy as np\n"
+        "from ebsr_basicsr.runtime import Engine\n"
+        f"e = Engine.load({str(model)!r})\n"
+        "out = e.upscale(np.zeros((9, 11, 3), np.uint8))\n"
+        "assert out.shape == (18, 22, 3), out.shape\n"
+        "bad = [m for m in ('torch', 'basicsr', 'torchvision') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_export_refuses_mismatched_options(tmp_path):
+    net = build_arch({"type": "EBSRNet", "upscale": 2, "num_feat": 8, "num_block": 1})
+    ckpt = tmp_path / "c.pth"
+    torch.save({"params": net.state_dict()}, ckpt)
+    opt = tmp_path / "o.yml"
+    opt.write_text(yaml.safe_dump({"network_g": {"type": "EBSRNet", "upscale": 2, "num_feat": 8, "num_block": 2}}))
+    result = CliRunner().invoke(export_main, [str(ckpt), "-opt", str(opt), "-o", str(tmp_path / "m.ebsr")])
+    assert result.exit_code == 1 and "does not match EBSRNet" in result.output
+    assert not (tmp_path / "m.ebsr").exists()
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(export_main, [str(tmp_path / "junk.pth"), "-opt", str(opt)])
+    assert result.exit_code == 1 and "not a readable torch checkpoint" in result.output
+    opt.write_text("name: no network here\n")
+    result = CliRunner().invoke(export_main, [str(ckpt), "-opt", str(opt)])
+    assert result.exit_code == 2 and "no network_g" in result.output
+
+
+# ------------------------------------------------------------------ the file format
+@pytest.fixture
+def good_file(tmp_path):
+    network_opt = {"type": "SCALESNet", "upscale": 2, "num_feat": 8, "num_block": 1}
+    return export_via_cli(tmp_path, build_arch(network_opt), network_opt)
+
+
+def test_format_round_trip(tmp_path):
+    tensors = {"a": np.arange(5, dtype=np.float32), "b": np.arange(6, dtype=np.uint64).reshape(2, 3)}
+    path = tmp_path / "m.ebsr"
+    save_model(path, {"hello": "world"}, tensors)
+    header, back = load_model(path)
+    assert header == {"hello": "world"}
+    for k in tensors:
+        assert back[k].dtype == tensors[k].dtype and np.array_equal(back[k], tensors[k])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: raw[: len(raw) // 2], "truncated"),
+    (lambda raw: raw[:10], "truncated"),
+    (lambda raw: raw + b"\0", "trailing bytes"),
+    (lambda raw: b"NOTAMODL" + raw[8:], "bad magic"),
+    (lambda raw: raw[:8] + struct.pack("<I", 99) + raw[12:], "version 99 is not supported"),
+    (lambda raw: raw[:-100] + bytes([raw[-100] ^ 1]) + raw[-99:], "checksum mismatch"),
+    (lambda raw: raw[:20] + b"x" + raw[21:], "damaged header"),
+    (lambda raw: raw[:40] + b"#" + raw[41:], "damaged header|checksum mismatch"),
+    (lambda raw: b"", "not an ebsr-basicsr model"),
+])
+def test_damaged_files_are_refused_with_a_reason(good_file, damage, message):
+    bad = good_file.with_name("bad.ebsr")
+    bad.write_bytes(damage(good_file.read_bytes()))
+    with pytest.raises(ModelFileError, match=message):
+        Engine.load(bad)
+
+
+def test_unreadable_paths_are_refused(tmp_path):
+    with pytest.raises(ModelFileError, match="cannot read"):
+        Engine.load(tmp_path / "missing.ebsr")
+    with pytest.raises(ModelFileError, match="directory"):
+        Engine.load(tmp_path)
+
+
+def test_inconsistent_graph_is_refused():
+    raw = encode_model({"scale": 2, "arch": "X", "output": "v1",
+                        "graph": [{"op": "teleport", "in": ["input"], "out": "v1"}]}, {})
+    with pytest.raises(ModelFileError, match="unknown op 'teleport'"):
+        Engine(*decode_model(raw))
+    raw = encode_model({"scale": 2, "arch": "X", "output": "v1",
+                        "graph": [{"op": "conv2d", "in": ["input"], "out": "v1", "weight": "w"}]}, {})
+    with pytest.raises(ModelFileError, match="missing tensor 'w'"):
+        Engine(*decode_model(raw))
+
+
+def test_checksum_covers_header_and_data(good_file):
+    raw = good_file.read_bytes()
+    assert hashlib.sha256(raw[:-32]).digest() == raw[-32:]
+    header_len = struct.unpack_from("<Q", raw, 12)[0]
+    header = json.loads(raw[20:20 + header_len])
+    assert header["arch"] == "SCALESNet" and header["scale"] == 2 and header["version"] == 1
+    assert header["network_g"]["num_feat"] == 8
+
+
+def test_gelu_matches_reference_and_torch():
+    x = np.linspace(-6, 6, 7 * 11 * 13, dtype=np.float32).reshape(7, 11, 13)
+    assert np.allclose(gelu(x), gelu_ref(x), atol=1e-6)
+    assert np.allclose(gelu(x), torch.nn.functional.gelu(torch.from_numpy(x)).numpy(), atol=1e-6)
