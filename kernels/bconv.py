@@ -26,9 +26,7 @@ __all__ = ["binary_conv2d", "binary_conv2d_ref"]
 _P = 8            # output pixels per register tile
 _CHUNK = 16 * _P  # pixels per parallel work item of the 1x1 kernel
 _tile3 = make_xor_popcount_tile(_P, 3, 3)
-_tile3_single = make_xor_popcount_tile(1, 3, 3)
 _tile1 = make_xor_popcount_tile(_P, 1, 1)
-_tile1_single = make_xor_popcount_tile(1, 1, 1)
 
 
 # --------------------------------------------------------------------------- reference
@@ -59,8 +57,8 @@ def binary_conv2d_ref(x_bits, w_packed, in_channels, kernel_size, stride=1, pad_
 @njit(cache=True, fastmath=False, parallel=True)
 def _pad_bits_nb(x, pad_words, xp):
     H, W, CW = x.shape
-    for r in prange(H + 2):
-        for c in range(W + 2):
+    for r in prange(xp.shape[0]):
+        for c in range(xp.shape[1]):
             if 1 <= r <= H and 1 <= c <= W:
                 for k in range(CW):
                     xp[r, c, k] = x[r - 1, c - 1, k]
@@ -86,80 +84,76 @@ def _border_correction_nb(taps, iy, ix, H, W, corr):
                     corr[o] += taps[t, o]
 
 
+@njit(cache=True, fastmath=False)
+def _conv3_row_nb(ho, xp, w, taps, K, H, W, Wo, stride, zero_pad, mul, bias, dots, y, corr,
+                  ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+    """One output row of the 3x3 conv. ``xp`` is padded wide enough for whole tiles."""
+    opad = w.shape[3]
+    iy = ho * stride  # window top row in xp; its centre is input row iy
+    row_border = zero_pad and (iy == 0 or iy + 1 >= H)
+    for x0 in range(0, Wo, _P):
+        for o0 in range(0, opad, TILE_LANES):
+            _tile3(xp, w, dots, iy, x0 * stride, stride, o0, K)
+        for p in range(min(_P, Wo - x0)):
+            wo = x0 + p
+            ix = wo * stride
+            border = row_border or (zero_pad and (ix == 0 or ix + 1 >= W))
+            if border:
+                _border_correction_nb(taps, iy, ix, H, W, corr)
+            epilogue_pixel_nb(dots, p, ho, wo, corr, mul, bias, y,
+                              ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+            if border:
+                corr[:] = 0
+
+
 @njit(cache=True, fastmath=False, parallel=True)
 def _binary_conv3_nb(xp, w, taps, K, H, W, stride, zero_pad, mul, bias,
                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
     O = mul.shape[0]
-    opad = w.shape[3]
     Ho = (H - 1) // stride + 1
     Wo = (W - 1) // stride + 1
     for ho in prange(Ho):
-        dots = np.empty((_P, opad), dtype=np.float32)
+        dots = np.empty((_P, w.shape[3]), dtype=np.float32)
         y = np.empty(O, dtype=np.float32)
         corr = np.zeros(O, dtype=np.float32)
-        iy = ho * stride  # window top row in xp; centre is input row iy
-        row_border = zero_pad and (iy == 0 or iy + 1 >= H)
-        if Wo >= _P:
-            for x0 in range(0, Wo, _P):
-                xs = min(x0, Wo - _P)  # the last tile is shifted left to stay inside
-                for o0 in range(0, opad, TILE_LANES):
-                    _tile3(xp, w, dots, iy, xs * stride, stride, o0, K)
-                for p in range(x0 - xs, _P):
-                    wo = xs + p
-                    ix = wo * stride
-                    border = row_border or (zero_pad and (ix == 0 or ix + 1 >= W))
-                    if border:
-                        _border_correction_nb(taps, iy, ix, H, W, corr)
-                    epilogue_pixel_nb(dots, p, ho, wo, corr, mul, bias, y,
-                                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
-                    if border:
-                        corr[:] = 0
-        else:
-            for wo in range(Wo):
-                ix = wo * stride
-                for o0 in range(0, opad, TILE_LANES):
-                    _tile3_single(xp, w, dots, iy, ix, stride, o0, K)
-                border = row_border or (zero_pad and (ix == 0 or ix + 1 >= W))
-                if border:
-                    _border_correction_nb(taps, iy, ix, H, W, corr)
-                epilogue_pixel_nb(dots, 0, ho, wo, corr, mul, bias, y,
-                                  ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
-                if border:
-                    corr[:] = 0
+        # np.int64: the parallel lowering types the loop index as unsigned, the serial
+        # typing as signed; a fixed type avoids compiling the row function twice.
+        _conv3_row_nb(np.int64(ho), xp, w, taps, K, H, W, Wo, stride, zero_pad, mul, bias, dots, y, corr,
+                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
     return out
 
 
-@njit(cache=True, fastmath=False, parallel=True)
-def _binary_conv1_nb(xf, w, K, Wo, mul, bias,
-                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
-    # xf: (1, N, CW) packed input pixels in output raster order (already strided).
-    O = mul.shape[0]
-    opad = w.shape[3]
+@njit(cache=True, fastmath=False)
+def _conv1_chunk_nb(begin, end, xf, w, K, Wo, mul, bias, dots, y, corr,
+                    ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+    """Output pixels ``begin..end-1`` (raster order) of the 1x1 conv; ``xf`` holds at
+    least ``_P`` pixels, so a tile that would run past its end is shifted back."""
     N = xf.shape[1]
-    n_chunks = (N + _CHUNK - 1) // _CHUNK
+    opad = w.shape[3]
+    for n0 in range(begin, end, _P):
+        start = min(n0, N - _P)
+        for o0 in range(0, opad, TILE_LANES):
+            _tile1(xf, w, dots, 0, start, 1, o0, K)
+        for p in range(n0 - start, min(_P, end - start)):
+            n = start + p
+            ho = n // Wo
+            epilogue_pixel_nb(dots, p, ho, n - ho * Wo, corr, mul, bias, y,
+                              ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+
+
+@njit(cache=True, fastmath=False, parallel=True)
+def _binary_conv1_nb(xf, n_pixels, w, K, Wo, mul, bias,
+                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+    # xf: (1, >= max(n_pixels, _P), CW) packed input pixels in output raster order.
+    O = mul.shape[0]
+    n_chunks = (n_pixels + _CHUNK - 1) // _CHUNK
     for ch in prange(n_chunks):
-        dots = np.empty((_P, opad), dtype=np.float32)
+        dots = np.empty((_P, w.shape[3]), dtype=np.float32)
         y = np.empty(O, dtype=np.float32)
         corr = np.zeros(O, dtype=np.float32)
-        begin = ch * _CHUNK
-        end = min(N, begin + _CHUNK)
-        if N >= _P:
-            for n0 in range(begin, end, _P):
-                ns0 = min(n0, N - _P)
-                for o0 in range(0, opad, TILE_LANES):
-                    _tile1(xf, w, dots, 0, ns0, 1, o0, K)
-                for p in range(n0 - ns0, min(_P, end - ns0)):
-                    n = ns0 + p
-                    ho = n // Wo
-                    epilogue_pixel_nb(dots, p, ho, n - ho * Wo, corr, mul, bias, y,
-                                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
-        else:
-            for n in range(begin, end):
-                for o0 in range(0, opad, TILE_LANES):
-                    _tile1_single(xf, w, dots, 0, n, 1, o0, K)
-                ho = n // Wo
-                epilogue_pixel_nb(dots, 0, ho, n - ho * Wo, corr, mul, bias, y,
-                                  ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+        begin = np.int64(ch) * _CHUNK
+        _conv1_chunk_nb(begin, min(n_pixels, begin + _CHUNK), xf, w, K, Wo, mul, bias, dots, y, corr,
+                        ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
     return out
 
 
@@ -245,7 +239,10 @@ def binary_conv2d(x_bits, w_packed, in_channels, kernel_size, stride=1, pad_valu
 
     if k == 3:
         pad_words = valid_bits_mask(C) if pad_value == -1 else np.zeros(n_words(C), dtype=np.uint64)
-        xp = _pad_bits_nb(x_bits, pad_words, np.empty((H + 2, W + 2, x_bits.shape[2]), dtype=np.uint64))
+        # whole tiles: the last one may read (and discard) pixels past the right border
+        tiles = -(-Wo // _P)
+        wp = max(W + 2, (tiles * _P - 1) * stride + 3)
+        xp = _pad_bits_nb(x_bits, pad_words, np.empty((H + 2, wp, x_bits.shape[2]), dtype=np.uint64))
         zero_pad = pad_value == 0
         if zero_pad:
             taps = weight_tap_sums(w_packed[..., :O], C) if tap_sums is None else np.asarray(tap_sums)
@@ -258,5 +255,7 @@ def binary_conv2d(x_bits, w_packed, in_channels, kernel_size, stride=1, pad_valu
     else:
         xs = x_bits if stride == 1 else np.ascontiguousarray(x_bits[::stride, ::stride])
         xf = xs.reshape(1, Ho * Wo, xs.shape[2])
-        _binary_conv1_nb(xf, w_packed, K, Wo, mul, bias, *args)
+        if Ho * Wo < _P:  # fewer pixels than one tile: pad with zero words
+            xf = np.concatenate([xf, np.zeros((1, _P - Ho * Wo, xs.shape[2]), dtype=np.uint64)], axis=1)
+        _binary_conv1_nb(xf, Ho * Wo, w_packed, K, Wo, mul, bias, *args)
     return out if bits is None else (out, bits)

@@ -22,7 +22,7 @@ from numba import njit, prange
 from ._epilogue import epilogue_ref, epilogue_pixel_nb, prepare_epilogue
 from .bitpack import _check_map
 
-__all__ = ["conv2d", "conv2d_ref"]
+__all__ = ["conv2d", "conv2d_ref", "conv_weight_matrix"]
 
 _BAND_BYTES = 4 << 20  # target size of one band's im2col matrix
 _MIN_BAND_PIXELS = 1024
@@ -45,6 +45,15 @@ def conv2d_ref(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_s
     if bias is not None:
         y = y + np.asarray(bias, np.float32)
     return epilogue_ref(y, residual=residual, neg_slope=neg_slope, out_shuffle=out_shuffle)
+
+
+def conv_weight_matrix(w):
+    """The im2col GEMM operand of a float weight ``(O, C, kh, kw)``: float32
+    ``(kh*kw*C, O)`` with row ``(ky*kw + kx)*C + c``. Pass it to :func:`conv2d` as
+    ``w_matrix`` to skip the per-call transpose."""
+    w = np.asarray(w, dtype=np.float32)
+    O, C, kh, kw = w.shape
+    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(kh * kw * C, O))
 
 
 @njit(cache=True, fastmath=False, parallel=True)
@@ -70,57 +79,71 @@ def _im2col_nb(x, kh, kw, stride, pad, ho0, Wo, cols):
     return cols
 
 
+@njit(cache=True, fastmath=False)
+def _gemm_row_nb(g, r, ho, Wo, corr, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+    for wo in range(Wo):
+        epilogue_pixel_nb(g, r * Wo + wo, ho, wo, corr, mul, bias, y,
+                          ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+
+
 @njit(cache=True, fastmath=False, parallel=True)
 def _gemm_epilogue_nb(g, ho0, Wo, corr, mul, bias,
                       ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
-    rows = g.shape[0] // Wo
-    for r in prange(rows):
+    for r in prange(g.shape[0] // Wo):
         y = np.empty(g.shape[1], dtype=np.float32)
-        for wo in range(Wo):
-            epilogue_pixel_nb(g, r * Wo + wo, ho0 + r, wo, corr, mul, bias, y,
-                              ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+        ri = np.int64(r)  # one signature for the serial and the parallel typing
+        _gemm_row_nb(g, ri, ho0 + ri, Wo, corr, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns,
+                     has_pack, bits)
     return out
+
+
+@njit(cache=True, fastmath=False)
+def _kn2row_row_nb(z, r0, W, H, kh, kw, stride, pad, ho, Wo, acc, corr, mul, bias, y,
+                   ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+    # z[(iy - r0) * W + ix, (ky*kw + kx)*O + o] = sum_c x[iy, ix, c] * w[o, c, ky, kx]
+    O = bias.shape[0]
+    uO = np.uint64(O)
+    for wo in range(Wo):
+        for o in range(O):
+            acc[0, o] = 0
+        for ky in range(kh):
+            iy = ho * stride - pad + ky
+            if iy < 0 or iy >= H:
+                continue
+            for kx in range(kw):
+                ix = wo * stride - pad + kx
+                if ix < 0 or ix >= W:
+                    continue
+                row = (iy - r0) * W + ix
+                base = np.uint64((ky * kw + kx) * O)
+                for o in range(uO):
+                    acc[0, o] += z[row, base + o]
+        epilogue_pixel_nb(acc, 0, ho, wo, corr, mul, bias, y,
+                          ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
 
 
 @njit(cache=True, fastmath=False, parallel=True)
 def _kn2row_epilogue_nb(z, r0, W, H, kh, kw, stride, pad, ho0, n_rows, Wo, corr, mul, bias,
                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
-    # z[(iy - r0) * W + ix, (ky*kw + kx)*O + o] = sum_c x[iy, ix, c] * w[o, c, ky, kx]
     O = bias.shape[0]
-    uO = np.uint64(O)
     for r in prange(n_rows):
-        ho = ho0 + r
         acc = np.empty((1, O), dtype=np.float32)
         y = np.empty(O, dtype=np.float32)
-        for wo in range(Wo):
-            for o in range(O):
-                acc[0, o] = 0
-            for ky in range(kh):
-                iy = ho * stride - pad + ky
-                if iy < 0 or iy >= H:
-                    continue
-                for kx in range(kw):
-                    ix = wo * stride - pad + kx
-                    if ix < 0 or ix >= W:
-                        continue
-                    row = (iy - r0) * W + ix
-                    base = np.uint64((ky * kw + kx) * O)
-                    for o in range(uO):
-                        acc[0, o] += z[row, base + o]
-            epilogue_pixel_nb(acc, 0, ho, wo, corr, mul, bias, y,
-                              ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+        _kn2row_row_nb(z, r0, W, H, kh, kw, stride, pad, ho0 + np.int64(r), Wo, acc, corr, mul, bias, y,
+                       ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
     return out
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuffle=1, residual=None,
-           out=None):
+           w_matrix=None, out=None):
     """Float32 2-D convolution of an NHWC map (PyTorch ``conv2d`` semantics, zero padding).
 
     ``x``: float32 ``(H, W, C)``; ``w``: float ``(O, C, kh, kw)``; ``bias``: ``(O,)`` or None;
     ``padding`` defaults to ``kh // 2``. Then, in this order: ``+ bias``, ``+ residual``
     (float32 ``(Ho, Wo, O)`` laid out before the shuffle, or ``(Ho*s, Wo*s, O/s^2)`` like the
     result), LeakyReLU with ``neg_slope`` if given, and PixelShuffle by ``out_shuffle`` fused
-    into the store. ``out`` may pass a preallocated C-contiguous float32 output to fill
+    into the store. ``w_matrix`` may pass a cached :func:`conv_weight_matrix` of ``w``
+    (used by the im2col path); ``out`` a preallocated C-contiguous float32 output to fill
     (reusing buffers avoids the page faults of fresh large allocations).
     Returns float32 ``(Ho*s, Wo*s, O/s^2)``.
     """
@@ -170,7 +193,9 @@ def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuff
 
     # im2col: wm[(ky*kw + kx)*C + c, o] = w[o, c, ky, kx]
     Kdim = kh * kw * C
-    wm = np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(Kdim, O))
+    wm = conv_weight_matrix(w) if w_matrix is None else np.ascontiguousarray(w_matrix, dtype=np.float32)
+    if wm.shape != (Kdim, O):
+        raise ValueError("w_matrix must have shape (%d, %d), got %s" % (Kdim, O, wm.shape))
     direct = kh == 1 and kw == 1 and stride == 1 and pad == 0
     rows = max(1, min(Ho, max(_BAND_BYTES // (4 * Kdim), _MIN_BAND_PIXELS) // Wo))
     band_g = np.empty((rows * Wo, O), dtype=np.float32)
