@@ -109,3 +109,35 @@ def test_image_skip_learns_a_residual_over_bilinear():
 def test_bad_options_are_refused_at_construction(bad):
     with pytest.raises(ValueError):
         build_arch(bad)
+
+
+def test_complexity_matches_the_bbcu_table_for_msrresnet():
+    from basicsr.archs.srresnet_arch import MSRResNet
+
+    c = ebsr_basicsr.count_complexity(MSRResNet(upscale=4), lr_hw=(180, 320))
+    assert c["binary_macs"] == 0 and c["binary_params"] == 0
+    assert c["ops_g"] == pytest.approx(146.14, rel=0.01)
+    assert c["params_k"] == pytest.approx(1515, rel=0.01)
+
+
+def test_complexity_counts_binary_layers_at_one_64th_and_one_32nd():
+    small = dict(num_feat=16, num_block=2, upscale=2, upsampler="light")
+    e2fif = ebsr_basicsr.count_complexity(build_arch({"type": "E2FIFNet", **small}), lr_hw=(12, 10))
+    pixels, body = 12 * 10, 2 * 2 * 16 * 16 * 9  # 2 blocks x 2 binary 3x3 convs of 16 -> 16
+    assert e2fif["binary_macs"] == pixels * body
+    assert e2fif["binary_params"] == body
+    fp_weights = 3 * 16 * 9 + 16 * 16 * 9 + 16 * 12 * 9  # head, body-end, light upsampler
+    assert e2fif["fp_params"] == fp_weights  # biases and BN left out
+    assert e2fif["fp_macs"] == pixels * fp_weights
+    assert e2fif["ops_g"] == pytest.approx((pixels * fp_weights + pixels * body / 64) / 1e9)
+    assert e2fif["params_k"] == pytest.approx((fp_weights + body / 32) / 1e3)
+    # BNN-SR keeps FP activations: the same convs are FP MACs, only the weights are binary
+    bnn = ebsr_basicsr.count_complexity(build_arch({"type": "BNNSR", **small}), lr_hw=(12, 10))
+    assert bnn["binary_macs"] == 0 and bnn["fp_macs"] == pixels * (fp_weights + body)
+    assert bnn["binary_params"] == body
+    # attention matmuls of the transformer are counted as FP MACs
+    swin = build_arch({"type": "SCALESSwinIR", "num_feat": 12, "num_block": 1, "depth": 1, "num_heads": 3,
+                       "upscale": 2})
+    c = ebsr_basicsr.count_complexity(swin, lr_hw=(8, 8))
+    assert c["binary_macs"] == 64 * (12 * 36 + 12 * 12 + 12 * 24 + 24 * 12)  # qkv, proj, fc1, fc2
+    assert c["fp_macs"] >= 2 * 64 * 64 * 12  # q k^T and attn v
