@@ -28,7 +28,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["ebsr_basicsr", "ebsr_basicsr.*"]) + ["ebsr_basicsr.kernels", "ebsr_basicsr.cli"],
     package_dir={"ebsr_basicsr.kernels": "kernels", "ebsr_basicsr.cli": "cli"},
-    package_data={"ebsr_basicsr": ["weights/*.ebsr"]},
+    package_data={"ebsr_basicsr.weights": ["*.ebsr"]},
     install_requires=RUNTIME,
     extras_require={"train": TRAIN, "test": TEST, "all": TRAIN + TEST},
     entry_points={
