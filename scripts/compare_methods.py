@@ -1,0 +1,133 @@
+"""Fixed-budget comparison of the binary SR methods and of each EBSR/SCALES option.
+
+    python scripts/compare_methods.py --root WORKDIR [--iters 2000] [--only NAME ...]
+
+Every variant is trained by BasicSR (``basicsr train``) from the same option file
+(``options/train/CPU/compare_x4.yml``: x4, 16 blocks x 64, the same data, seed, patch size,
+batch and iterations), exported, and scored on the validation photos with the bitwise runtime:
+PSNR/SSIM on Y (crop_border 4, MATLAB bicubic LR), params and OPs from ``count_complexity``,
+and the runtime's time for a 256x256 input. Results are appended to ``WORKDIR/compare.jsonl``
+as they come (a rerun skips variants already there) and printed as a markdown table.
+
+WORKDIR must hold ``datasets/photos`` and ``datasets/photos_val`` made by ``ebsr-prepare``
+(see the option file's header).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "options" / "train" / "CPU" / "compare_x4.yml"
+
+VARIANTS = {  # name -> network_g overrides on top of the base option file
+    "BNN-SR": {"type": "BNNSR"},
+    "E2FIF": {"type": "E2FIFNet"},
+    "EBSR-light": {"type": "EBSRNet"},
+    "SCALES": {"type": "SCALESNet"},
+    "EBSR spatial=absmean": {"type": "EBSRNet", "spatial": "absmean"},
+    "EBSR spatial=None": {"type": "EBSRNet", "spatial": None},
+    "EBSR channel=None (no shift)": {"type": "EBSRNet", "channel": None, "shift": None},
+    "EBSR shift=static": {"type": "EBSRNet", "shift": "static"},
+    "EBSR shift=None": {"type": "EBSRNet", "shift": None},
+    "EBSR mlp_ratio=1": {"type": "EBSRNet", "mlp_ratio": 1.0},
+    "SCALES layer_scale=off": {"type": "SCALESNet", "layer_scale": False},
+    "SCALES spatial=None": {"type": "SCALESNet", "spatial": None},
+    "SCALES spatial=conv": {"type": "SCALESNet", "spatial": "conv"},
+    "SCALES channel=None": {"type": "SCALESNet", "channel": None},
+    "SCALES channel=mlp": {"type": "SCALESNet", "channel": "mlp"},
+}
+
+
+def train(root: Path, name: str, network: dict, iters: int) -> tuple[Path, dict]:
+    import yaml
+
+    opt = yaml.safe_load(BASE.read_text())
+    opt["name"] = "compare_" + "".join(c if c.isalnum() else "_" for c in name)
+    opt["network_g"] = {k: v for k, v in {**opt["network_g"], **network}.items()
+                        if k in _accepted(network.get("type", opt["network_g"]["type"]))}
+    opt["train"]["total_iter"] = iters
+    for sched_key in ("periods", "milestones"):
+        if sched_key in opt["train"]["scheduler"]:
+            opt["train"]["scheduler"][sched_key] = [iters] if sched_key == "periods" else [iters // 2]
+    path = root / f"{opt['name']}.yml"
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "ebsr_basicsr.train", "-opt", str(path), "--auto_resume"], cwd=root,
+                   check=True, stdout=subprocess.DEVNULL)
+    return root / "experiments" / opt["name"] / "models" / "net_g_latest.pth", opt["network_g"]
+
+
+def _accepted(arch: str) -> set:
+    import inspect
+
+    from ebsr_basicsr.archs import ARCHS
+
+    return set(inspect.signature(ARCHS[arch]).parameters) | {"type"}
+
+
+def evaluate(root: Path, checkpoint: Path, network: dict) -> dict:
+    import numpy as np
+
+    from ebsr_basicsr import count_complexity
+    from ebsr_basicsr.export import build_from_checkpoint, export_network
+    from ebsr_basicsr.runtime import Engine
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from evaluate_models import score
+
+    net = build_from_checkpoint(checkpoint, network)
+    engine = Engine(*export_network(net, network))
+    hr = sorted((root / "datasets" / "photos_val" / "GTmod12").glob("*.png"))
+    rows = score(engine, hr, 4)
+    x = np.random.default_rng(0).random((256, 256, 3), dtype=np.float32)
+    engine.run(x[:32, :32])
+    t = time.perf_counter()
+    engine.run(x)
+    c = count_complexity(net)
+    return {"psnr": float(np.mean([m["model"][0] for _, m in rows])),
+            "ssim": float(np.mean([m["model"][1] for _, m in rows])),
+            "bicubic_psnr": float(np.mean([m["bicubic"][0] for _, m in rows])),
+            "bicubic_ssim": float(np.mean([m["bicubic"][1] for _, m in rows])),
+            "ops_g": c["ops_g"], "params_k": c["params_k"], "runtime_ms_256": (time.perf_counter() - t) * 1000}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, required=True)
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--only", nargs="*", default=None)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    results_file = args.root / "compare.jsonl"
+    done = {}
+    if results_file.exists():
+        done = {r["name"]: r for r in map(json.loads, results_file.read_text().splitlines()) if r["iters"] == args.iters}
+    for name, network in VARIANTS.items():
+        if (args.only and name not in args.only) or name in done:
+            continue
+        checkpoint, full = train(args.root, name, network, args.iters)
+        result = {"name": name, "iters": args.iters, "network_g": full, **evaluate(args.root, checkpoint, full)}
+        with results_file.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+        done[name] = result
+        print(f"{name}: {result['psnr']:.2f} dB", flush=True)
+    if not done:
+        return
+    first = next(iter(done.values()))
+    print(f"\n| method | PSNR / SSIM (Y) | gain over bicubic | params K | OPs G | runtime 256² ms |")
+    print("|---|---|---|---|---|---|")
+    print(f"| bicubic | {first['bicubic_psnr']:.2f} / {first['bicubic_ssim']:.4f} | – | – | – | – |")
+    for name in VARIANTS:
+        if name in done:
+            r = done[name]
+            print(f"| {name} | {r['psnr']:.2f} / {r['ssim']:.4f} | {r['psnr'] - r['bicubic_psnr']:+.2f} | "
+                  f"{r['params_k']:.0f} | {r['ops_g']:.2f} | {r['runtime_ms_256']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
