@@ -1,28 +1,32 @@
-"""The per-pixel epilogue shared by the binary and the float convolutions.
+"""The epilogue shared by the binary and the float convolutions.
 
-For output pixel ``(ho, wo)`` whose raw values sit in row ``m`` of a float32 buffer ``src``
-(the ±1 dot products of a binary conv, or a GEMM row of a float conv), in this order::
+For each output pixel ``(ho, wo)`` whose raw values sit in a row ``m`` of a float32 buffer
+``src`` (the ±1 dot products of a binary conv, already corrected for zero padding, or a
+GEMM row of a float conv), in this order::
 
-    y = (src[m, o] - corr[o]) * mul[o] + bias[o]     # affine part
+    y = src[m, o] * mul[o] + bias[o]                 # affine part
     y *= spatial_scale[ho, wo];  y *= channel_scale[o]
     y += residual;  y = where(y >= 0, y, slope * y)
     store (PixelShuffle'd if s > 1);  bits of y - next_shift < 0 (optional repack)
 
-``corr`` is the zero-padding correction of a binary conv (zeros otherwise). Absent options
-are passed as neutral values (scale 1, channel scale ones, slope 1, shift zeros), which
+Absent options are passed as neutral values (scale 1, channel scale ones, slope 1), which
 leave every float bit-identical, so one compiled kernel serves all combinations.
 
 Residual modes: 0 none; 1 laid out like the conv output before the shuffle, ``(Ho, Wo, O)``;
 2 laid out like the returned map, ``(Ho*s, Wo*s, O/s^2)``. Both add the same element to the
 same value (mode 2 is indexed after the shuffle).
 
-Performance note: the values go from ``src`` to ``out`` in one loop, and the packed bits are
-accumulated in that same loop (an OR-reduction), because a second pass that re-reads just
-stored values with wider loads stalls on failed store-to-load forwarding.
+Performance notes: :func:`epilogue_rows_nb` is called once per run of pixels (an output row
+or a chunk), never per pixel, because every call of a jitted function that takes arrays
+costs two atomic reference-count updates per array. Within it the values go from ``src``
+to ``out`` in one pass per 64 channels, and the packed bits come from the same registers
+(:mod:`._vector`): a second pass re-reading just-stored values with wider loads would stall
+on failed store-to-load forwarding.
 """
 import numpy as np
 from numba import njit
 
+from ._vector import make_epilogue64
 from .bitpack import pack_signs_ref
 from .ops import pixel_shuffle_ref, pixel_unshuffle_ref
 
@@ -30,91 +34,88 @@ RES_NONE, RES_PRE, RES_POST = 0, 1, 2
 _EMPTY3 = np.empty((0, 0, 0), dtype=np.float32)
 _EMPTY2 = np.empty((0, 0), dtype=np.float32)
 _EMPTY_BITS = np.empty((0, 0, 0), dtype=np.uint64)
+_epilogue64 = make_epilogue64()
 
 
 @njit(cache=True, fastmath=False, inline="always")
-def _store_direct_nb(src, m, ho, wo, corr, mul, bias, sc, cs, res, use_res, slope, out, ns, pack, bits):
-    """Fused epilogue for ``s == 1`` (residual mode 0 or 1): ``src`` row -> ``out`` and bits."""
+def _direct_rows_nb(src, m0, n, pix0, Wo, mul, bias, ss, has_ss, cs, res, use_res, slope, out, ns, pack, bits):
+    """Fused epilogue for ``s == 1`` (residual mode 0 or 1) of ``n`` pixels, 64 channels
+    per explicit-vector step."""
     O = out.shape[2]
-    for cw in range((O + 63) // 64):
-        # Unsigned bounds: the loop index is then known to be non-negative, which spares the
-        # negative-index wrap-around and lets LLVM use contiguous vector loads (not gathers).
-        ob = np.uint64(64 * cw)
-        oe = np.uint64(min(O, 64 * cw + 64))
-        word = np.uint64(0)
-        for o in range(ob, oe):
-            v = (src[m, o] - corr[o]) * mul[o] + bias[o]
-            v = v * sc
-            v = v * cs[o]
-            if use_res:
-                v = v + res[ho, wo, o]
-            v = v if v >= 0 else v * slope
-            out[ho, wo, o] = v
+    stride = src.shape[1]
+    n_words = (O + 63) // 64
+    for i in range(n):
+        q = pix0 + i
+        ho = q // Wo
+        wo = q - ho * Wo
+        sc = ss[ho, wo] if has_ss else np.float32(1)
+        for cw in range(n_words):
+            ob = 64 * cw
+            flat = q * O + ob  # out and a pre-shuffle residual share the layout when s == 1
+            word = _epilogue64(src, (m0 + i) * stride + ob, mul, bias, ob, min(64, O - ob), sc, cs,
+                               res, flat, use_res, slope, out, flat, ns)
             if pack:
-                word |= np.uint64(v - ns[o] < 0) << (o - ob)
-        if pack:
-            bits[ho, wo, cw] = word
+                bits[ho, wo, cw] = word
 
 
 @njit(cache=True, fastmath=False, inline="always")
-def _store_shuffled_nb(y, ho, wo, res, use_res, slope, s, out, ns, pack, bits):
-    """Second pass for ``s > 1`` or residual mode 2: scatter ``y`` (pre-shuffle order) into
-    ``out`` (adding the post-shuffle residual and applying the activation if asked)."""
-    oc = out.shape[2]
-    for i in range(s):
-        oy = ho * s + i
-        for j in range(s):
-            ox = wo * s + j
-            for cw in range((oc + 63) // 64):
-                cb = np.uint64(64 * cw)
-                ce = np.uint64(min(oc, 64 * cw + 64))
-                word = np.uint64(0)
-                for c in range(cb, ce):
-                    v = y[(c * np.uint64(s) + np.uint64(i)) * np.uint64(s) + np.uint64(j)]
-                    if use_res:
-                        v = v + res[oy, ox, c]
-                    v = v if v >= 0 else v * slope
-                    out[oy, ox, c] = v
-                    if pack:
-                        word |= np.uint64(v - ns[c] < 0) << (c - cb)
-                if pack:
-                    bits[oy, ox, cw] = word
-
-
-@njit(cache=True, fastmath=False, inline="always")
-def epilogue_pixel_nb(src, m, ho, wo, corr, mul, bias, y,
-                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
-    """Apply the whole epilogue to row ``m`` of ``src`` for output pixel ``(ho, wo)``;
-    ``y`` is a float32 ``(O,)`` scratch row (used only when ``s > 1`` or ``res_mode == 2``)."""
-    sc = ss[ho, wo] if has_ss else np.float32(1)
-    if s == 1 and res_mode != 2:
-        if res_mode == 1:
-            if has_pack:
-                _store_direct_nb(src, m, ho, wo, corr, mul, bias, sc, cs, res, True, slope, out, ns, True, bits)
-            else:
-                _store_direct_nb(src, m, ho, wo, corr, mul, bias, sc, cs, res, True, slope, out, ns, False, bits)
-        else:
-            if has_pack:
-                _store_direct_nb(src, m, ho, wo, corr, mul, bias, sc, cs, res, False, slope, out, ns, True, bits)
-            else:
-                _store_direct_nb(src, m, ho, wo, corr, mul, bias, sc, cs, res, False, slope, out, ns, False, bits)
-        return
-    # General path: affine + scales (+ pre-shuffle residual and activation) into y, then scatter.
+def _shuffled_rows_nb(src, m0, n, pix0, Wo, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns,
+                      pack, bits):
+    """General epilogue (``s > 1`` or residual mode 2) of ``n`` pixels: affine, scales (and
+    the pre-shuffle residual and activation) into ``y``, then a scatter into ``out``
+    (adding the post-shuffle residual and applying the activation there if needed)."""
     O = y.shape[0]
+    oc = out.shape[2]
+    us = np.uint64(s)
     one = np.float32(1)
     slope1 = slope if res_mode == 1 else one
     slope2 = slope if res_mode != 1 else one
-    if res_mode == 1:
-        for o in range(O):
-            v = ((src[m, o] - corr[o]) * mul[o] + bias[o]) * sc * cs[o] + res[ho, wo, o]
-            y[o] = v if v >= 0 else v * slope1
+    for i in range(n):
+        m = m0 + i
+        q = pix0 + i
+        ho = q // Wo
+        wo = q - ho * Wo
+        sc = ss[ho, wo] if has_ss else one
+        if res_mode == 1:
+            for o in range(O):
+                v = (src[m, o] * mul[o] + bias[o]) * sc * cs[o] + res[ho, wo, o]
+                y[o] = v if v >= 0 else v * slope1
+        else:
+            for o in range(O):
+                y[o] = (src[m, o] * mul[o] + bias[o]) * sc * cs[o]
+        for a in range(s):
+            oy = ho * s + a
+            for b in range(s):
+                ox = wo * s + b
+                lane = np.uint64(a) * us + np.uint64(b)
+                for cw in range((oc + 63) // 64):
+                    cb = np.uint64(64 * cw)
+                    ce = np.uint64(min(oc, 64 * cw + 64))
+                    word = np.uint64(0)
+                    for c in range(cb, ce):
+                        v = y[c * us * us + lane]
+                        if res_mode == 2:
+                            v = v + res[oy, ox, c]
+                        v = v if v >= 0 else v * slope2
+                        out[oy, ox, c] = v
+                        if pack:
+                            word |= np.uint64(v - ns[c] < 0) << (c - cb)
+                    if pack:
+                        bits[oy, ox, cw] = word
+
+
+@njit(cache=True, fastmath=False)
+def epilogue_rows_nb(src, m0, n, pix0, Wo, mul, bias, y,
+                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+    """Apply the whole epilogue to the ``n`` output pixels ``pix0 .. pix0+n-1`` (raster
+    order, ``Wo`` pixels per output row) whose raw values are rows ``m0 .. m0+n-1`` of
+    ``src``; ``y`` is a float32 ``(O,)`` scratch row for the shuffled path."""
+    if s == 1 and res_mode != 2:
+        _direct_rows_nb(src, m0, n, pix0, Wo, mul, bias, ss, has_ss, cs, res, res_mode == 1, slope, out, ns,
+                        has_pack, bits)
     else:
-        for o in range(O):
-            y[o] = ((src[m, o] - corr[o]) * mul[o] + bias[o]) * sc * cs[o]
-    if res_mode == 2:
-        _store_shuffled_nb(y, ho, wo, res, True, slope2, s, out, ns, has_pack, bits)
-    else:
-        _store_shuffled_nb(y, ho, wo, res, False, slope2, s, out, ns, has_pack, bits)
+        _shuffled_rows_nb(src, m0, n, pix0, Wo, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns,
+                          has_pack, bits)
 
 
 def epilogue_ref(y, spatial_scale=None, channel_scale=None, residual=None, neg_slope=None,
@@ -158,7 +159,7 @@ def prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slop
                      out_shuffle, next_shift, check_map, out=None, bits_out=None):
     """Validate the epilogue options of a conv with output ``(Ho, Wo, O)`` (before the
     shuffle) and turn them into the argument tuple ``(ss, has_ss, cs, res, res_mode, slope,
-    s, out, ns, has_pack, bits)`` of :func:`epilogue_pixel_nb`; also return the output
+    s, out, ns, has_pack, bits)`` of :func:`epilogue_rows_nb`; also return the output
     arrays (``out`` / ``bits_out`` if given, else new ones). Raises ValueError on a bad
     shape or dtype."""
     s = int(out_shuffle)

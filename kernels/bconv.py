@@ -16,7 +16,7 @@ dot products are exact.
 import numpy as np
 from numba import njit, prange
 
-from ._epilogue import epilogue_ref, epilogue_pixel_nb, prepare_epilogue
+from ._epilogue import epilogue_ref, epilogue_rows_nb, prepare_epilogue
 from .bitpack import (_check_map, _check_packed_weights, _check_vector, n_words, unpack_signs_ref,
                       unpack_weights, valid_bits_mask, weight_tap_sums)
 from .popcount import TILE_LANES, make_xor_popcount_tile
@@ -69,41 +69,37 @@ def _pad_bits_nb(x, pad_words, xp):
 
 
 @njit(cache=True, fastmath=False, inline="always")
-def _border_correction_nb(taps, iy, ix, H, W, corr):
-    """``corr[o]`` = sum of the tap sums of the 3x3 taps of the window centred on input
-    pixel ``(iy, ix)`` that fall outside the ``H x W`` map (an integer, held in float32)."""
-    for o in range(corr.shape[0]):
-        corr[o] = 0
+def _correct_border_nb(dots, p, taps, iy, ix, H, W):
+    """Zero padding: subtract from ``dots[p]`` the tap sums of the 3x3 taps of the window
+    centred on input pixel ``(iy, ix)`` that fall outside the ``H x W`` map (they were
+    counted as +1 inputs). Integers in float32: exact."""
     for ky in range(3):
         r = iy - 1 + ky
         for kx in range(3):
             c = ix - 1 + kx
             if r < 0 or r >= H or c < 0 or c >= W:
                 t = ky * 3 + kx
-                for o in range(corr.shape[0]):
-                    corr[o] += taps[t, o]
+                for o in range(taps.shape[1]):
+                    dots[p, o] -= taps[t, o]
 
 
 @njit(cache=True, fastmath=False)
-def _conv3_row_nb(ho, xp, w, taps, K, H, W, Wo, stride, zero_pad, mul, bias, dots, y, corr,
+def _conv3_row_nb(ho, xp, w, taps, K, H, W, Wo, stride, zero_pad, mul, bias, dots, y,
                   ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
-    """One output row of the 3x3 conv. ``xp`` is padded wide enough for whole tiles."""
+    """One output row of the 3x3 conv. ``xp`` is padded wide enough for whole tiles;
+    ``dots`` holds a whole row of tiles."""
     opad = w.shape[3]
     iy = ho * stride  # window top row in xp; its centre is input row iy
-    row_border = zero_pad and (iy == 0 or iy + 1 >= H)
     for x0 in range(0, Wo, _P):
         for o0 in range(0, opad, TILE_LANES):
-            _tile3(xp, w, dots, iy, x0 * stride, stride, o0, K)
-        for p in range(min(_P, Wo - x0)):
-            wo = x0 + p
+            _tile3(xp, w, dots, x0, iy, x0 * stride, stride, o0, K)
+    if zero_pad:
+        for wo in range(Wo):
             ix = wo * stride
-            border = row_border or (zero_pad and (ix == 0 or ix + 1 >= W))
-            if border:
-                _border_correction_nb(taps, iy, ix, H, W, corr)
-            epilogue_pixel_nb(dots, p, ho, wo, corr, mul, bias, y,
-                              ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
-            if border:
-                corr[:] = 0
+            if iy == 0 or iy + 1 >= H or ix == 0 or ix + 1 >= W:
+                _correct_border_nb(dots, wo, taps, iy, ix, H, W)
+    epilogue_rows_nb(dots, 0, Wo, ho * Wo, Wo, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns,
+                     has_pack, bits)
 
 
 @njit(cache=True, fastmath=False, parallel=True)
@@ -113,32 +109,29 @@ def _binary_conv3_nb(xp, w, taps, K, H, W, stride, zero_pad, mul, bias,
     Ho = (H - 1) // stride + 1
     Wo = (W - 1) // stride + 1
     for ho in prange(Ho):
-        dots = np.empty((_P, w.shape[3]), dtype=np.float32)
+        dots = np.empty((-(-Wo // _P) * _P, w.shape[3]), dtype=np.float32)
         y = np.empty(O, dtype=np.float32)
-        corr = np.zeros(O, dtype=np.float32)
         # np.int64: the parallel lowering types the loop index as unsigned, the serial
         # typing as signed; a fixed type avoids compiling the row function twice.
-        _conv3_row_nb(np.int64(ho), xp, w, taps, K, H, W, Wo, stride, zero_pad, mul, bias, dots, y, corr,
+        _conv3_row_nb(np.int64(ho), xp, w, taps, K, H, W, Wo, stride, zero_pad, mul, bias, dots, y,
                       ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
     return out
 
 
 @njit(cache=True, fastmath=False)
-def _conv1_chunk_nb(begin, end, xf, w, K, Wo, mul, bias, dots, y, corr,
+def _conv1_chunk_nb(begin, end, xf, w, K, Wo, mul, bias, dots, y,
                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
-    """Output pixels ``begin..end-1`` (raster order) of the 1x1 conv; ``xf`` holds at
-    least ``_P`` pixels, so a tile that would run past its end is shifted back."""
+    """Output pixels ``begin..end-1`` (raster order) of the 1x1 conv. ``xf`` holds at least
+    ``_P`` pixels, so a tile that would run past its end is shifted back; ``dots`` row
+    ``n - begin + _P`` holds pixel ``n``."""
     N = xf.shape[1]
     opad = w.shape[3]
     for n0 in range(begin, end, _P):
         start = min(n0, N - _P)
         for o0 in range(0, opad, TILE_LANES):
-            _tile1(xf, w, dots, 0, start, 1, o0, K)
-        for p in range(n0 - start, min(_P, end - start)):
-            n = start + p
-            ho = n // Wo
-            epilogue_pixel_nb(dots, p, ho, n - ho * Wo, corr, mul, bias, y,
-                              ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+            _tile1(xf, w, dots, start - begin + _P, 0, start, 1, o0, K)
+    epilogue_rows_nb(dots, _P, end - begin, begin, Wo, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s,
+                     out, ns, has_pack, bits)
 
 
 @njit(cache=True, fastmath=False, parallel=True)
@@ -148,11 +141,10 @@ def _binary_conv1_nb(xf, n_pixels, w, K, Wo, mul, bias,
     O = mul.shape[0]
     n_chunks = (n_pixels + _CHUNK - 1) // _CHUNK
     for ch in prange(n_chunks):
-        dots = np.empty((_P, w.shape[3]), dtype=np.float32)
+        dots = np.empty((_CHUNK + _P, w.shape[3]), dtype=np.float32)
         y = np.empty(O, dtype=np.float32)
-        corr = np.zeros(O, dtype=np.float32)
         begin = np.int64(ch) * _CHUNK
-        _conv1_chunk_nb(begin, min(n_pixels, begin + _CHUNK), xf, w, K, Wo, mul, bias, dots, y, corr,
+        _conv1_chunk_nb(begin, min(n_pixels, begin + _CHUNK), xf, w, K, Wo, mul, bias, dots, y,
                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
     return out
 

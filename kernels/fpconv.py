@@ -19,7 +19,7 @@ needed.
 import numpy as np
 from numba import njit, prange
 
-from ._epilogue import epilogue_ref, epilogue_pixel_nb, prepare_epilogue
+from ._epilogue import epilogue_ref, epilogue_rows_nb, prepare_epilogue
 from .bitpack import _check_map
 
 __all__ = ["conv2d", "conv2d_ref", "conv_weight_matrix"]
@@ -79,33 +79,26 @@ def _im2col_nb(x, kh, kw, stride, pad, ho0, Wo, cols):
     return cols
 
 
-@njit(cache=True, fastmath=False)
-def _gemm_row_nb(g, r, ho, Wo, corr, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
-    for wo in range(Wo):
-        epilogue_pixel_nb(g, r * Wo + wo, ho, wo, corr, mul, bias, y,
-                          ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
-
-
 @njit(cache=True, fastmath=False, parallel=True)
-def _gemm_epilogue_nb(g, ho0, Wo, corr, mul, bias,
+def _gemm_epilogue_nb(g, ho0, Wo, mul, bias,
                       ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
     for r in prange(g.shape[0] // Wo):
         y = np.empty(g.shape[1], dtype=np.float32)
         ri = np.int64(r)  # one signature for the serial and the parallel typing
-        _gemm_row_nb(g, ri, ho0 + ri, Wo, corr, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns,
-                     has_pack, bits)
+        epilogue_rows_nb(g, ri * Wo, Wo, (ho0 + ri) * Wo, Wo, mul, bias, y,
+                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
     return out
 
 
 @njit(cache=True, fastmath=False)
-def _kn2row_row_nb(z, r0, W, H, kh, kw, stride, pad, ho, Wo, acc, corr, mul, bias, y,
-                   ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
-    # z[(iy - r0) * W + ix, (ky*kw + kx)*O + o] = sum_c x[iy, ix, c] * w[o, c, ky, kx]
-    O = bias.shape[0]
+def _kn2row_row_nb(z, r0, W, H, kh, kw, stride, pad, ho, Wo, acc):
+    """``acc[wo, o]`` = sum over the taps inside the map of the shifted contributions
+    ``z[(iy - r0) * W + ix, (ky*kw + kx)*O + o]`` (= sum_c x[iy, ix, c] * w[o, c, ky, kx])."""
+    O = acc.shape[1]
     uO = np.uint64(O)
     for wo in range(Wo):
         for o in range(O):
-            acc[0, o] = 0
+            acc[wo, o] = 0
         for ky in range(kh):
             iy = ho * stride - pad + ky
             if iy < 0 or iy >= H:
@@ -117,20 +110,20 @@ def _kn2row_row_nb(z, r0, W, H, kh, kw, stride, pad, ho, Wo, acc, corr, mul, bia
                 row = (iy - r0) * W + ix
                 base = np.uint64((ky * kw + kx) * O)
                 for o in range(uO):
-                    acc[0, o] += z[row, base + o]
-        epilogue_pixel_nb(acc, 0, ho, wo, corr, mul, bias, y,
-                          ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+                    acc[wo, o] += z[row, base + o]
 
 
 @njit(cache=True, fastmath=False, parallel=True)
-def _kn2row_epilogue_nb(z, r0, W, H, kh, kw, stride, pad, ho0, n_rows, Wo, corr, mul, bias,
+def _kn2row_epilogue_nb(z, r0, W, H, kh, kw, stride, pad, ho0, n_rows, Wo, mul, bias,
                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
     O = bias.shape[0]
     for r in prange(n_rows):
-        acc = np.empty((1, O), dtype=np.float32)
+        acc = np.empty((Wo, O), dtype=np.float32)
         y = np.empty(O, dtype=np.float32)
-        _kn2row_row_nb(z, r0, W, H, kh, kw, stride, pad, ho0 + np.int64(r), Wo, acc, corr, mul, bias, y,
-                       ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+        ho = ho0 + np.int64(r)
+        _kn2row_row_nb(z, r0, W, H, kh, kw, stride, pad, ho, Wo, acc)
+        epilogue_rows_nb(acc, 0, Wo, ho * Wo, Wo, mul, bias, y,
+                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
     return out
 
 
@@ -172,7 +165,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuff
         if bias_arr.shape != (O,):
             raise ValueError("bias must have shape (%d,), got %s" % (O, bias_arr.shape))
         bias_arr = np.ascontiguousarray(bias_arr, dtype=np.float32)
-    zeros, ones = np.zeros(O, np.float32), np.ones(O, np.float32)
+    ones = np.ones(O, np.float32)
     args, out, _ = prepare_epilogue(Ho, Wo, O, None, None, residual, neg_slope, out_shuffle, None, _check_map, out)
     w = w.astype(np.float32, copy=False)
     xflat = x.reshape(H * W, C)
@@ -188,7 +181,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuff
             r1 = min(H, (ho0 + n - 1) * stride - pad + kh)  # exclusive
             z = z_buf[:(r1 - r0) * W * kh * kw * O].reshape((r1 - r0) * W, kh * kw * O)
             np.dot(xflat[r0 * W:r1 * W], wk, out=z)
-            _kn2row_epilogue_nb(z, r0, W, H, kh, kw, stride, pad, ho0, n, Wo, zeros, ones, bias_arr, *args)
+            _kn2row_epilogue_nb(z, r0, W, H, kh, kw, stride, pad, ho0, n, Wo, ones, bias_arr, *args)
         return out
 
     # im2col: wm[(ky*kw + kx)*C + c, o] = w[o, c, ky, kx]
@@ -208,5 +201,5 @@ def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuff
         else:
             cols = _im2col_nb(x, kh, kw, stride, pad, ho0, Wo, band_cols[:n * Wo])
         np.dot(cols, wm, out=g)
-        _gemm_epilogue_nb(g, ho0, Wo, zeros, ones, bias_arr, *args)
+        _gemm_epilogue_nb(g, ho0, Wo, ones, bias_arr, *args)
     return out

@@ -81,7 +81,7 @@ else:
 
 # --------------------------------------------------------------------------- xor-popcount tile
 def _tile_python(P, KH, KW):
-    def tile(x, w, dots, iy, ix, sx, o0, K):
+    def tile(x, w, dots, m0, iy, ix, sx, o0, K):
         lanes = slice(o0, o0 + TILE_LANES)
         for p in range(P):
             total = np.zeros(TILE_LANES, dtype=np.int64)
@@ -89,18 +89,18 @@ def _tile_python(P, KH, KW):
                 for kx in range(KW):
                     a = x[iy + ky, ix + p * sx + kx, :]
                     total += popcount_ref(a[:, None] ^ w[ky, kx, :, lanes]).sum(axis=0)
-            dots[p, lanes] = (K - 2 * total).astype(np.float32)
+            dots[m0 + p, lanes] = (K - 2 * total).astype(np.float32)
     return tile
 
 
 def make_xor_popcount_tile(P, KH, KW):
-    """Build ``tile(x, w, dots, iy, ix, sx, o0, K)`` for ``P`` pixels and a ``KH x KW`` kernel.
+    """Build ``tile(x, w, dots, m0, iy, ix, sx, o0, K)`` for ``P`` pixels and a ``KH x KW`` kernel.
 
     Arguments (all arrays C-contiguous):
 
     * ``x``: uint64 ``(Hx, Wx, CW)`` packed activations (already padded if the conv pads).
     * ``w``: uint64 ``(KH, KW, CW, Opad)`` packed weights, ``Opad`` a multiple of 8.
-    * ``dots``: float32 ``(>= P, Opad)`` output buffer.
+    * ``dots``: float32 ``(rows, Opad)`` output buffer; pixel ``p`` goes to row ``m0 + p``.
     * ``iy``, ``ix``: top-left corner in ``x`` of pixel 0's window; ``sx``: column step
       between consecutive pixels of the tile (the conv stride); ``o0``: first of the 8
       output channels (a multiple of 8); ``K``: number of valid binary products.
@@ -109,7 +109,7 @@ def make_xor_popcount_tile(P, KH, KW):
     for ``K < 2**24``)::
 
         n = sum_{ky, kx, cw} popcount(x[iy + ky, ix + p*sx + kx, cw] ^ w[ky, kx, cw, o])
-        dots[p, o] = float32(K - 2 * n)
+        dots[m0 + p, o] = float32(K - 2 * n)
 
     No bounds are checked: the caller guarantees every index is inside the arrays.
     """
@@ -121,13 +121,13 @@ def make_xor_popcount_tile(P, KH, KW):
     zero_mask = ir.Constant(ir.VectorType(_I32, TILE_LANES), None)
 
     @intrinsic
-    def tile(typingctx, x, w, dots, iy, ix, sx, o0, K):
+    def tile(typingctx, x, w, dots, m0, iy, ix, sx, o0, K):
         if not (_is_c_array(x, types.uint64, 3) and _is_c_array(w, types.uint64, 4)
                 and _is_c_array(dots, types.float32, 2)):
             return None
-        if not all(isinstance(t, types.Integer) for t in (iy, ix, sx, o0, K)):
+        if not all(isinstance(t, types.Integer) for t in (m0, iy, ix, sx, o0, K)):
             return None
-        sig = types.void(x, w, dots, iy, ix, sx, o0, K)
+        sig = types.void(x, w, dots, m0, iy, ix, sx, o0, K)
 
         def codegen(context, builder, signature, args):
             xa = context.make_array(signature.args[0])(context, builder, args[0])
@@ -136,8 +136,8 @@ def make_xor_popcount_tile(P, KH, KW):
             _, wx_len, n_words = cgutils.unpack_tuple(builder, xa.shape, 3)
             opad = cgutils.unpack_tuple(builder, wa.shape, 4)[3]
             acc_row = cgutils.unpack_tuple(builder, aa.shape, 2)[1]
-            iy_, ix_, sx_, o0_, k_ = [_as_intp(context, builder, v, t)
-                                      for v, t in zip(args[3:], signature.args[3:])]
+            m0_, iy_, ix_, sx_, o0_, k_ = [_as_intp(context, builder, v, t)
+                                           for v, t in zip(args[3:], signature.args[3:])]
             ctpop = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vec, [vec]), "llvm.ctpop.v%di64" % TILE_LANES)
             undef = ir.Constant(vec, ir.Undefined)
@@ -167,7 +167,7 @@ def make_xor_popcount_tile(P, KH, KW):
                 builder.insert_element(undef, k_, ir.Constant(_I32, 0)), undef, zero_mask)
             for p in range(P):
                 dot = builder.sub(k_splat, builder.shl(builder.load(accs[p]), ir.Constant(vec, [1] * TILE_LANES)))
-                idx = builder.add(builder.mul(const(p), acc_row), o0_)
+                idx = builder.add(builder.mul(builder.add(m0_, const(p)), acc_row), o0_)
                 ptr = builder.bitcast(builder.gep(aa.data, [idx]), fvec.as_pointer())
                 builder.store(builder.sitofp(dot, fvec), ptr, align=4)
             return context.get_dummy_value()

@@ -1,0 +1,135 @@
+"""Explicit-vector LLVM IR for the conv epilogue (one 64-channel word at a time).
+
+LLVM's loop vectoriser splits the fused epilogue loop into 128-bit pieces on this kind of
+CPU (it prefers 256-bit vectors on Intel, and the 64-bit lanes of the bit repack halve that
+again). :func:`make_epilogue64` writes the same float32 operations on ``<64 x float>``
+vectors with masked loads and stores instead, which become four 512-bit registers, and
+builds the packed sign word with one vector compare. The arithmetic is IEEE float32 without
+fast-math flags, in the documented order, so the results are bit-identical to the scalar
+code and to the NumPy reference.
+"""
+import numpy as np
+from numba import types
+from numba.core import cgutils, config
+from numba.extending import intrinsic
+from llvmlite import ir
+
+__all__ = ["make_epilogue64"]
+
+_LANES = 64
+
+
+def _epilogue64_python(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, ns):
+    lanes = slice(ob, ob + n)
+    v = src.reshape(-1)[src_off:src_off + n] * mul[lanes] + bias[lanes]
+    v = v * sc
+    v = v * cs[lanes]
+    if use_res:
+        v = v + res.reshape(-1)[res_off:res_off + n]
+    v = np.where(v >= 0, v, v * slope).astype(np.float32)
+    out.reshape(-1)[out_off:out_off + n] = v
+    neg = (v - ns[lanes]) < 0
+    return np.uint64(int(np.sum(neg.astype(np.uint64) << np.arange(n, dtype=np.uint64))))
+
+
+def make_epilogue64():
+    """Build ``epilogue64(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res,
+    slope, out, out_off, ns) -> uint64``.
+
+    For lanes ``l < n`` (``n <= 64``), with ``c = ob + l`` the channel and every array read
+    as flat C-contiguous float32 memory::
+
+        v = src[src_off + l] * mul[c] + bias[c];  v *= sc;  v *= cs[c]
+        if use_res: v += res[res_off + l]
+        v = v if v >= 0 else v * slope;  out[out_off + l] = v
+
+    and returns the word whose bit ``l`` is ``v - ns[c] < 0`` (bits ``>= n`` are 0). Lanes
+    ``>= n`` touch no memory. No bounds are checked.
+    """
+    if config.DISABLE_JIT:
+        return _epilogue64_python
+
+    f32 = ir.FloatType()
+    i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+    fvec = ir.VectorType(f32, _LANES)
+    mvec = ir.VectorType(i1, _LANES)
+    ivec = ir.VectorType(i32, _LANES)
+    lane_ids = ir.Constant(ivec, list(range(_LANES)))
+    splat_mask = ir.Constant(ivec, None)
+
+    def f32_array(t):
+        return isinstance(t, types.Array) and t.layout == "C" and t.dtype == types.float32
+
+    @intrinsic
+    def epilogue64(typingctx, src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out,
+                   out_off, ns):
+        arrays = (src, mul, bias, cs, res, out, ns)
+        ints = (src_off, ob, n, res_off, out_off)
+        if not all(f32_array(a) for a in arrays) or not all(isinstance(t, types.Integer) for t in ints):
+            return None
+        if not (isinstance(use_res, types.Boolean) and sc == types.float32 and slope == types.float32):
+            return None
+        sig = types.uint64(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, ns)
+
+        def codegen(context, builder, signature, args):
+            (a_src, a_src_off, a_mul, a_bias, a_ob, a_n, a_sc, a_cs, a_res, a_res_off, a_use_res, a_slope,
+             a_out, a_out_off, a_ns) = args
+            tys = signature.args
+
+            def data(i, value):
+                return context.make_array(tys[i])(context, builder, value).data
+
+            def idx(i, value):
+                return context.cast(builder, value, tys[i], types.intp)
+
+            module = builder.module
+            load_fn = cgutils.get_or_insert_function(
+                module, ir.FunctionType(fvec, [fvec.as_pointer(), i32, mvec, fvec]), "llvm.masked.load.v64f32.p0")
+            store_fn = cgutils.get_or_insert_function(
+                module, ir.FunctionType(ir.VoidType(), [fvec, fvec.as_pointer(), i32, mvec]),
+                "llvm.masked.store.v64f32.p0")
+            undef = ir.Constant(fvec, ir.Undefined)
+
+            def splat(value):
+                one = builder.insert_element(undef, value, ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, undef, splat_mask)
+
+            n32 = builder.trunc(idx(5, a_n), i32)
+            n_splat = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(ivec, ir.Undefined), n32, ir.Constant(i32, 0)),
+                ir.Constant(ivec, ir.Undefined), splat_mask)
+            mask = builder.icmp_unsigned("<", lane_ids, n_splat)
+            zero = ir.Constant(fvec, None)
+
+            def load(ptr_data, offset, lane_mask, fill):
+                ptr = builder.bitcast(builder.gep(ptr_data, [offset]), fvec.as_pointer())
+                return builder.call(load_fn, [ptr, ir.Constant(i32, 4), lane_mask, fill])
+
+            ob_ = idx(4, a_ob)
+            v = builder.fmul(load(data(0, a_src), idx(1, a_src_off), mask, zero), load(data(2, a_mul), ob_, mask, zero))
+            v = builder.fadd(v, load(data(3, a_bias), ob_, mask, zero))
+            v = builder.fmul(v, splat(a_sc))
+            v = builder.fmul(v, load(data(7, a_cs), ob_, mask, zero))
+            # A real branch, not a masked load with an all-false mask: that would still form
+            # an address far outside the (empty) dummy residual, and a masked-off access to
+            # an unmapped page costs a microcode assist on every call.
+            use = builder.icmp_unsigned("!=", context.cast(builder, a_use_res, tys[10], types.uint8),
+                                        ir.Constant(ir.IntType(8), 0))
+            before = builder.block
+            with builder.if_then(use, likely=False):
+                with_res = builder.fadd(v, load(data(8, a_res), idx(9, a_res_off), mask, zero))
+                res_block = builder.block
+            merged = builder.phi(fvec)
+            merged.add_incoming(v, before)
+            merged.add_incoming(with_res, res_block)
+            v = merged
+            keep = builder.fcmp_ordered(">=", v, zero)
+            v = builder.select(keep, v, builder.fmul(v, splat(a_slope)))
+            out_ptr = builder.bitcast(builder.gep(data(12, a_out), [idx(13, a_out_off)]), fvec.as_pointer())
+            builder.call(store_fn, [v, out_ptr, ir.Constant(i32, 4), mask])
+            neg = builder.fcmp_ordered("<", builder.fsub(v, load(data(14, a_ns), ob_, mask, zero)), zero)
+            return builder.bitcast(builder.and_(neg, mask), i64)
+
+        return sig, codegen
+
+    return epilogue64
