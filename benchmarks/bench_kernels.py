@@ -2,8 +2,8 @@
 
 Every implementation of a case is timed in turn inside each repeat (interleaved), and the
 table reports medians and ratios, because the machines this runs on are shared and noisy.
-With one thread the table also gives the median CPU time of the calling thread, which is
-less disturbed by other processes than the wall time.
+With one thread the table also gives the median CPU time of the process, which is less
+disturbed by other processes on the machine than the wall time.
 
 Cases:
   * binary 3x3 conv C->C on an SxS map, pad +1, mul/bias folded (ours; ours with the fused
@@ -24,7 +24,7 @@ import numpy as np
 
 
 def _median_times(fns, repeats, warmup=2):
-    """Interleaved timing: returns {name: (median wall s, median thread-CPU s)}."""
+    """Interleaved timing: returns {name: (median wall s, median process-CPU s)}."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -32,10 +32,10 @@ def _median_times(fns, repeats, warmup=2):
     cpu = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            c0, t0 = time.thread_time(), time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.thread_time() - c0)
+            cpu[name].append(time.process_time() - c0)
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
 
 

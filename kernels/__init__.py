@@ -9,6 +9,14 @@ Threads: the parallel kernels use Numba's thread pool. :func:`set_num_threads` s
 best effort, the thread count of NumPy's bundled OpenBLAS that runs the FP GEMMs); the
 environment variable ``EBSR_NUM_THREADS`` sets it at import. Default: all cores. Numba's
 setting is per calling thread: call :func:`set_num_threads` in the thread that runs the model.
+
+Threading layer: unless ``NUMBA_THREADING_LAYER`` is set, importing this package selects
+Numba's ``workqueue`` layer (if no parallel kernel has run yet). GNU OpenMP's spin-waiting
+workers fight with OpenBLAS's between the GEMM and the jitted epilogue of an FP conv and with
+other processes on a shared machine: measured on 2 busy cores, a 64->256 conv at 256x256 took
+824 ms with ``omp`` and 194 ms with ``workqueue``. The ``workqueue`` layer does not allow
+kernels to be called concurrently from several Python threads (processes are fine); set
+``NUMBA_THREADING_LAYER=omp`` (or ``tbb``) for that.
 """
 import ctypes
 import glob
@@ -98,4 +106,6 @@ def _threads_from_env():
     set_num_threads(max(1, min(n, max_threads())))
 
 
+if not os.environ.get("NUMBA_THREADING_LAYER") and numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "workqueue"
 _threads_from_env()

@@ -38,24 +38,32 @@ _epilogue64 = make_epilogue64()
 
 
 @njit(cache=True, fastmath=False, inline="always")
-def _direct_rows_nb(src, m0, n, pix0, Wo, mul, bias, ss, has_ss, cs, res, use_res, slope, out, ns, pack, bits):
-    """Fused epilogue for ``s == 1`` (residual mode 0 or 1) of ``n`` pixels, 64 channels
-    per explicit-vector step."""
-    O = out.shape[2]
+def _direct_rows_nb(src, m0, n, pix0, Wo, mul, bias, ss, has_ss, cs, res, use_res, slope, s, out, ns, pack, bits):
+    """Fused epilogue of ``n`` pixels whose channels are in sub-pixel-major order (see
+    :func:`shuffle_grouping`; the identity when ``s == 1``), 64 channels per explicit-vector
+    step. The residual, if any, has the layout of ``out``."""
+    oc = out.shape[2]
+    w_out = out.shape[1]
     stride = src.shape[1]
-    n_words = (O + 63) // 64
+    n_words = (oc + 63) // 64
     for i in range(n):
         q = pix0 + i
         ho = q // Wo
         wo = q - ho * Wo
         sc = ss[ho, wo] if has_ss else np.float32(1)
-        for cw in range(n_words):
-            ob = 64 * cw
-            flat = q * O + ob  # out and a pre-shuffle residual share the layout when s == 1
-            word = _epilogue64(src, (m0 + i) * stride + ob, mul, bias, ob, min(64, O - ob), sc, cs,
-                               res, flat, use_res, slope, out, flat, ns)
-            if pack:
-                bits[ho, wo, cw] = word
+        row = (m0 + i) * stride
+        for a in range(s):
+            oy = ho * s + a
+            for b in range(s):
+                ox = wo * s + b
+                group = (a * s + b) * oc
+                base = (oy * w_out + ox) * oc
+                for cw in range(n_words):
+                    cb = 64 * cw
+                    word = _epilogue64(src, row + group + cb, mul, bias, group + cb, min(64, oc - cb), sc, cs,
+                                       res, base + cb, use_res, slope, out, base + cb, ns, cb)
+                    if pack:
+                        bits[oy, ox, cw] = word
 
 
 @njit(cache=True, fastmath=False, inline="always")
@@ -109,13 +117,29 @@ def epilogue_rows_nb(src, m0, n, pix0, Wo, mul, bias, y,
                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
     """Apply the whole epilogue to the ``n`` output pixels ``pix0 .. pix0+n-1`` (raster
     order, ``Wo`` pixels per output row) whose raw values are rows ``m0 .. m0+n-1`` of
-    ``src``; ``y`` is a float32 ``(O,)`` scratch row for the shuffled path."""
-    if s == 1 and res_mode != 2:
-        _direct_rows_nb(src, m0, n, pix0, Wo, mul, bias, ss, has_ss, cs, res, res_mode == 1, slope, out, ns,
+    ``src``; ``y`` is a float32 ``(O,)`` scratch row for the general path.
+
+    Channel order of ``src`` (and of ``mul``, ``bias``, ``cs``): if ``s > 1`` and the
+    residual is not laid out before the shuffle (``res_mode != 1``), sub-pixel-major as
+    produced by :func:`shuffle_grouping`, so each output sub-pixel reads contiguous
+    channels; otherwise PyTorch's order ``c*s*s + i*s + j``."""
+    if s == 1 or res_mode != 1:
+        _direct_rows_nb(src, m0, n, pix0, Wo, mul, bias, ss, has_ss, cs, res, res_mode != 0, slope, s, out, ns,
                         has_pack, bits)
     else:
         _shuffled_rows_nb(src, m0, n, pix0, Wo, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns,
                           has_pack, bits)
+
+
+def shuffle_grouping(O, s):
+    """Permutation ``perm`` of the ``O`` conv output channels into sub-pixel-major order:
+    new channel ``(i*s + j)*(O/s^2) + c`` is PyTorch channel ``c*s*s + i*s + j`` (so
+    ``w[..., perm]`` reorders a weight's output axis). ``None`` when ``s == 1``."""
+    if s == 1:
+        return None
+    oc = O // (s * s)
+    sub, c = np.divmod(np.arange(O), oc)
+    return c * s * s + sub
 
 
 def epilogue_ref(y, spatial_scale=None, channel_scale=None, residual=None, neg_slope=None,
@@ -160,8 +184,10 @@ def prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slop
     """Validate the epilogue options of a conv with output ``(Ho, Wo, O)`` (before the
     shuffle) and turn them into the argument tuple ``(ss, has_ss, cs, res, res_mode, slope,
     s, out, ns, has_pack, bits)`` of :func:`epilogue_rows_nb`; also return the output
-    arrays (``out`` / ``bits_out`` if given, else new ones). Raises ValueError on a bad
-    shape or dtype."""
+    arrays (``out`` / ``bits_out`` if given, else new ones) and the output-channel
+    permutation (or None) that the caller must apply to its weights, ``mul`` and ``bias``
+    (the channel scale in ``args`` is already permuted). Raises ValueError on a bad shape
+    or dtype."""
     s = int(out_shuffle)
     if s != out_shuffle or s < 1:
         raise ValueError("out_shuffle must be a positive integer, got %r" % (out_shuffle,))
@@ -204,5 +230,8 @@ def prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slop
                              % (oc, ns.dtype, ns.shape))
         ns, has_pack = np.ascontiguousarray(ns, dtype=np.float32), True
         bits = _output_buffer(bits_out, (Ho * s, Wo * s, (oc + 63) // 64), np.uint64, "bits_out")
+    perm = shuffle_grouping(O, s) if res_mode != RES_PRE else None
+    if perm is not None:
+        cs = np.ascontiguousarray(cs[perm])
     args = (ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
-    return args, out, (bits if has_pack else None)
+    return args, out, (bits if has_pack else None), perm

@@ -19,7 +19,8 @@ __all__ = ["make_epilogue64"]
 _LANES = 64
 
 
-def _epilogue64_python(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, ns):
+def _epilogue64_python(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, ns,
+                       ns_off):
     lanes = slice(ob, ob + n)
     v = src.reshape(-1)[src_off:src_off + n] * mul[lanes] + bias[lanes]
     v = v * sc
@@ -28,13 +29,13 @@ def _epilogue64_python(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use
         v = v + res.reshape(-1)[res_off:res_off + n]
     v = np.where(v >= 0, v, v * slope).astype(np.float32)
     out.reshape(-1)[out_off:out_off + n] = v
-    neg = (v - ns[lanes]) < 0
+    neg = (v - ns[ns_off:ns_off + n]) < 0
     return np.uint64(int(np.sum(neg.astype(np.uint64) << np.arange(n, dtype=np.uint64))))
 
 
 def make_epilogue64():
     """Build ``epilogue64(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res,
-    slope, out, out_off, ns) -> uint64``.
+    slope, out, out_off, ns, ns_off) -> uint64``.
 
     For lanes ``l < n`` (``n <= 64``), with ``c = ob + l`` the channel and every array read
     as flat C-contiguous float32 memory::
@@ -43,7 +44,7 @@ def make_epilogue64():
         if use_res: v += res[res_off + l]
         v = v if v >= 0 else v * slope;  out[out_off + l] = v
 
-    and returns the word whose bit ``l`` is ``v - ns[c] < 0`` (bits ``>= n`` are 0). Lanes
+    and returns the word whose bit ``l`` is ``v - ns[ns_off + l] < 0`` (bits ``>= n`` are 0). Lanes
     ``>= n`` touch no memory. No bounds are checked.
     """
     if config.DISABLE_JIT:
@@ -62,18 +63,19 @@ def make_epilogue64():
 
     @intrinsic
     def epilogue64(typingctx, src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out,
-                   out_off, ns):
+                   out_off, ns, ns_off):
         arrays = (src, mul, bias, cs, res, out, ns)
-        ints = (src_off, ob, n, res_off, out_off)
+        ints = (src_off, ob, n, res_off, out_off, ns_off)
         if not all(f32_array(a) for a in arrays) or not all(isinstance(t, types.Integer) for t in ints):
             return None
         if not (isinstance(use_res, types.Boolean) and sc == types.float32 and slope == types.float32):
             return None
-        sig = types.uint64(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, ns)
+        sig = types.uint64(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, ns,
+                           ns_off)
 
         def codegen(context, builder, signature, args):
             (a_src, a_src_off, a_mul, a_bias, a_ob, a_n, a_sc, a_cs, a_res, a_res_off, a_use_res, a_slope,
-             a_out, a_out_off, a_ns) = args
+             a_out, a_out_off, a_ns, a_ns_off) = args
             tys = signature.args
 
             def data(i, value):
@@ -127,7 +129,8 @@ def make_epilogue64():
             v = builder.select(keep, v, builder.fmul(v, splat(a_slope)))
             out_ptr = builder.bitcast(builder.gep(data(12, a_out), [idx(13, a_out_off)]), fvec.as_pointer())
             builder.call(store_fn, [v, out_ptr, ir.Constant(i32, 4), mask])
-            neg = builder.fcmp_ordered("<", builder.fsub(v, load(data(14, a_ns), ob_, mask, zero)), zero)
+            neg = builder.fcmp_ordered("<", builder.fsub(v, load(data(14, a_ns), idx(15, a_ns_off), mask, zero)),
+                                       zero)
             return builder.bitcast(builder.and_(neg, mask), i64)
 
         return sig, codegen

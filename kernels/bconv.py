@@ -7,7 +7,8 @@ channel words in registers; the epilogue then turns the counts into floats and a
 scales, residual, LeakyReLU, PixelShuffle and the optional repack, pixel by pixel while the
 values are still in L1.
 
-Padding: a 3x3 conv reads a copy of the packed map padded by one pixel. ``pad_value=+1`` pads
+Padding: each output row of a 3x3 conv copies the three packed input rows it needs into a
+small buffer padded by one pixel (and to whole tiles on the right). ``pad_value=+1`` pads
 with 0 bits, ``-1`` with 1 bits (valid channels only), and ``0`` (PyTorch's zero padding of
 the signed map) pads with +1 bits and subtracts, on border pixels only, the per-tap weight
 sums of the taps that fall outside the map (:func:`.bitpack.weight_tap_sums`), so the integer
@@ -23,10 +24,13 @@ from .popcount import TILE_LANES, make_xor_popcount_tile
 
 __all__ = ["binary_conv2d", "binary_conv2d_ref"]
 
-_P = 8            # output pixels per register tile
+_P = 8            # output pixels per register tile (1x1 conv)
+_P3 = 8           # output pixels per register tile (3x3 conv)
 _CHUNK = 16 * _P  # pixels per parallel work item of the 1x1 kernel
-_tile3 = make_xor_popcount_tile(_P, 3, 3)
-_tile1 = make_xor_popcount_tile(_P, 1, 1)
+_LANES3 = TILE_LANES  # output channels per 3x3 tile call (16 measured no faster)
+_LANES1 = TILE_LANES
+_tile3 = make_xor_popcount_tile(_P3, 3, 3, _LANES3)
+_tile1 = make_xor_popcount_tile(_P, 1, 1, _LANES1)
 
 
 # --------------------------------------------------------------------------- reference
@@ -54,18 +58,28 @@ def binary_conv2d_ref(x_bits, w_packed, in_channels, kernel_size, stride=1, pad_
 
 
 # --------------------------------------------------------------------------- jitted kernels
-@njit(cache=True, fastmath=False, parallel=True)
-def _pad_bits_nb(x, pad_words, xp):
+@njit(cache=True, fastmath=False, inline="always")
+def _fill_rows_nb(x, iy, pad_words, rows):
+    """``rows[ky]`` = input row ``iy - 1 + ky`` with one pad pixel on the left and pad
+    pixels up to the end of the buffer on the right (a whole pad row outside the map)."""
     H, W, CW = x.shape
-    for r in prange(xp.shape[0]):
-        for c in range(xp.shape[1]):
-            if 1 <= r <= H and 1 <= c <= W:
+    width = rows.shape[1]
+    for ky in range(3):
+        r = iy - 1 + ky
+        if 0 <= r < H:
+            src = x[r].reshape(W * CW)
+            dst = rows[ky].reshape(width * CW)
+            for j in range(W * CW):  # contiguous copy
+                dst[CW + j] = src[j]
+            for k in range(CW):
+                rows[ky, 0, k] = pad_words[k]
+            for c in range(W + 1, width):
                 for k in range(CW):
-                    xp[r, c, k] = x[r - 1, c - 1, k]
-            else:
+                    rows[ky, c, k] = pad_words[k]
+        else:
+            for c in range(width):
                 for k in range(CW):
-                    xp[r, c, k] = pad_words[k]
-    return xp
+                    rows[ky, c, k] = pad_words[k]
 
 
 @njit(cache=True, fastmath=False, inline="always")
@@ -84,15 +98,18 @@ def _correct_border_nb(dots, p, taps, iy, ix, H, W):
 
 
 @njit(cache=True, fastmath=False)
-def _conv3_row_nb(ho, xp, w, taps, K, H, W, Wo, stride, zero_pad, mul, bias, dots, y,
+def _conv3_row_nb(ho, x, pad_words, w, taps, K, Wo, stride, zero_pad, mul, bias, rows, dots, y,
                   ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
-    """One output row of the 3x3 conv. ``xp`` is padded wide enough for whole tiles;
-    ``dots`` holds a whole row of tiles."""
+    """One output row of the 3x3 conv: copy the three input rows it needs into the padded
+    buffer ``rows`` (wide enough for whole tiles), run the tiles into ``dots``, correct
+    the zero-padded border, then the epilogue."""
+    H, W, _ = x.shape
     opad = w.shape[3]
-    iy = ho * stride  # window top row in xp; its centre is input row iy
-    for x0 in range(0, Wo, _P):
-        for o0 in range(0, opad, TILE_LANES):
-            _tile3(xp, w, dots, x0, iy, x0 * stride, stride, o0, K)
+    iy = ho * stride  # centre input row of the windows
+    _fill_rows_nb(x, iy, pad_words, rows)
+    for x0 in range(0, Wo, _P3):
+        for o0 in range(0, opad, _LANES3):
+            _tile3(rows, w, dots, x0, 0, x0 * stride, stride, o0, K)
     if zero_pad:
         for wo in range(Wo):
             ix = wo * stride
@@ -103,17 +120,21 @@ def _conv3_row_nb(ho, xp, w, taps, K, H, W, Wo, stride, zero_pad, mul, bias, dot
 
 
 @njit(cache=True, fastmath=False, parallel=True)
-def _binary_conv3_nb(xp, w, taps, K, H, W, stride, zero_pad, mul, bias,
+def _binary_conv3_nb(x, pad_words, w, taps, K, stride, zero_pad, mul, bias,
                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+    H, W, CW = x.shape
     O = mul.shape[0]
     Ho = (H - 1) // stride + 1
     Wo = (W - 1) // stride + 1
+    tiles = -(-Wo // _P3)
+    width = max(W + 2, (tiles * _P3 - 1) * stride + 3)  # the last tile may read past the border
     for ho in prange(Ho):
-        dots = np.empty((-(-Wo // _P) * _P, w.shape[3]), dtype=np.float32)
+        rows = np.empty((3, width, CW), dtype=np.uint64)
+        dots = np.empty((tiles * _P3, w.shape[3]), dtype=np.float32)
         y = np.empty(O, dtype=np.float32)
         # np.int64: the parallel lowering types the loop index as unsigned, the serial
         # typing as signed; a fixed type avoids compiling the row function twice.
-        _conv3_row_nb(np.int64(ho), xp, w, taps, K, H, W, Wo, stride, zero_pad, mul, bias, dots, y,
+        _conv3_row_nb(np.int64(ho), x, pad_words, w, taps, K, Wo, stride, zero_pad, mul, bias, rows, dots, y,
                       ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
     return out
 
@@ -128,7 +149,7 @@ def _conv1_chunk_nb(begin, end, xf, w, K, Wo, mul, bias, dots, y,
     opad = w.shape[3]
     for n0 in range(begin, end, _P):
         start = min(n0, N - _P)
-        for o0 in range(0, opad, TILE_LANES):
+        for o0 in range(0, opad, _LANES1):
             _tile1(xf, w, dots, start - begin + _P, 0, start, 1, o0, K)
     epilogue_rows_nb(dots, _P, end - begin, begin, Wo, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s,
                      out, ns, has_pack, bits)
@@ -216,38 +237,40 @@ def binary_conv2d(x_bits, w_packed, in_channels, kernel_size, stride=1, pad_valu
     H, W = x_bits.shape[:2]
     Ho = (H - 1) // stride + 1 if H else 0
     Wo = (W - 1) // stride + 1 if W else 0
-    args, out, bits = prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slope,
-                                       out_shuffle, next_shift, _check_map, out, bits_out)
+    args, out, bits, perm = prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slope,
+                                             out_shuffle, next_shift, _check_map, out, bits_out)
     if out.size == 0 or O == 0:
         return out if bits is None else (out, bits)
+    taps = None
+    if k == 3 and pad_value == 0:
+        taps = weight_tap_sums(w_packed, C) if tap_sums is None else np.asarray(tap_sums)
+        if taps.shape != (9, O):
+            raise ValueError("tap_sums must have shape (9, %d), got %s" % (O, taps.shape))
+    if perm is not None:  # PixelShuffle: output channels in sub-pixel-major order
+        w_packed, mul, bias = w_packed[..., perm], mul[perm], bias[perm]
+        if taps is not None:
+            taps = taps[:, perm]
 
     # Pad the output channels to whole 8-lane groups (zero weights, results discarded).
-    opad = -(-O // TILE_LANES) * TILE_LANES
+    lanes = _LANES3 if k == 3 else _LANES1
+    opad = -(-O // lanes) * lanes
     if opad != O:
         w_full = np.zeros(w_packed.shape[:3] + (opad,), dtype=np.uint64)
         w_full[..., :O] = w_packed
         w_packed = w_full
+    w_packed = np.ascontiguousarray(w_packed)
     K = C * k * k
 
     if k == 3:
         pad_words = valid_bits_mask(C) if pad_value == -1 else np.zeros(n_words(C), dtype=np.uint64)
-        # whole tiles: the last one may read (and discard) pixels past the right border
-        tiles = -(-Wo // _P)
-        wp = max(W + 2, (tiles * _P - 1) * stride + 3)
-        xp = _pad_bits_nb(x_bits, pad_words, np.empty((H + 2, wp, x_bits.shape[2]), dtype=np.uint64))
-        zero_pad = pad_value == 0
-        if zero_pad:
-            taps = weight_tap_sums(w_packed[..., :O], C) if tap_sums is None else np.asarray(tap_sums)
-            if taps.shape != (9, O):
-                raise ValueError("tap_sums must have shape (9, %d), got %s" % (O, taps.shape))
-            taps = np.ascontiguousarray(taps, dtype=np.float32)
-        else:
-            taps = np.zeros((9, O), dtype=np.float32)
-        _binary_conv3_nb(xp, w_packed, taps, K, H, W, stride, zero_pad, mul, bias, *args)
+        zero_pad = taps is not None
+        taps = np.zeros((9, O), dtype=np.float32) if taps is None else np.ascontiguousarray(taps, dtype=np.float32)
+        _binary_conv3_nb(x_bits, pad_words, w_packed, taps, K, stride, zero_pad, np.ascontiguousarray(mul),
+                         np.ascontiguousarray(bias), *args)
     else:
         xs = x_bits if stride == 1 else np.ascontiguousarray(x_bits[::stride, ::stride])
         xf = xs.reshape(1, Ho * Wo, xs.shape[2])
         if Ho * Wo < _P:  # fewer pixels than one tile: pad with zero words
             xf = np.concatenate([xf, np.zeros((1, _P - Ho * Wo, xs.shape[2]), dtype=np.uint64)], axis=1)
-        _binary_conv1_nb(xf, Ho * Wo, w_packed, K, Wo, mul, bias, *args)
+        _binary_conv1_nb(xf, Ho * Wo, w_packed, K, Wo, np.ascontiguousarray(mul), np.ascontiguousarray(bias), *args)
     return out if bits is None else (out, bits)

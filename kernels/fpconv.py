@@ -24,7 +24,7 @@ from .bitpack import _check_map
 
 __all__ = ["conv2d", "conv2d_ref", "conv_weight_matrix"]
 
-_BAND_BYTES = 4 << 20  # target size of one band's im2col matrix
+_BAND_BYTES = 8 << 20  # target size of one band's temporary matrix
 _MIN_BAND_PIXELS = 1024
 
 
@@ -166,8 +166,11 @@ def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuff
             raise ValueError("bias must have shape (%d,), got %s" % (O, bias_arr.shape))
         bias_arr = np.ascontiguousarray(bias_arr, dtype=np.float32)
     ones = np.ones(O, np.float32)
-    args, out, _ = prepare_epilogue(Ho, Wo, O, None, None, residual, neg_slope, out_shuffle, None, _check_map, out)
+    args, out, _, perm = prepare_epilogue(Ho, Wo, O, None, None, residual, neg_slope, out_shuffle, None,
+                                          _check_map, out)
     w = w.astype(np.float32, copy=False)
+    if perm is not None:  # PixelShuffle: output channels in sub-pixel-major order
+        w, bias_arr = w[perm], np.ascontiguousarray(bias_arr[perm])
     xflat = x.reshape(H * W, C)
     if kh * kw > 1 and 2 * O <= C:
         # kn2row: Wk[c, (ky*kw + kx)*O + o] = w[o, c, ky, kx]
@@ -186,9 +189,13 @@ def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuff
 
     # im2col: wm[(ky*kw + kx)*C + c, o] = w[o, c, ky, kx]
     Kdim = kh * kw * C
-    wm = conv_weight_matrix(w) if w_matrix is None else np.ascontiguousarray(w_matrix, dtype=np.float32)
-    if wm.shape != (Kdim, O):
-        raise ValueError("w_matrix must have shape (%d, %d), got %s" % (Kdim, O, wm.shape))
+    if w_matrix is None:
+        wm = conv_weight_matrix(w)
+    else:
+        wm = np.asarray(w_matrix, dtype=np.float32)
+        if wm.shape != (Kdim, O):
+            raise ValueError("w_matrix must have shape (%d, %d), got %s" % (Kdim, O, wm.shape))
+        wm = np.ascontiguousarray(wm if perm is None else wm[:, perm])
     direct = kh == 1 and kw == 1 and stride == 1 and pad == 0
     rows = max(1, min(Ho, max(_BAND_BYTES // (4 * Kdim), _MIN_BAND_PIXELS) // Wo))
     band_g = np.empty((rows * Wo, O), dtype=np.float32)

@@ -80,11 +80,11 @@ else:
 
 
 # --------------------------------------------------------------------------- xor-popcount tile
-def _tile_python(P, KH, KW):
+def _tile_python(P, KH, KW, n_lanes):
     def tile(x, w, dots, m0, iy, ix, sx, o0, K):
-        lanes = slice(o0, o0 + TILE_LANES)
+        lanes = slice(o0, o0 + n_lanes)
         for p in range(P):
-            total = np.zeros(TILE_LANES, dtype=np.int64)
+            total = np.zeros(n_lanes, dtype=np.int64)
             for ky in range(KH):
                 for kx in range(KW):
                     a = x[iy + ky, ix + p * sx + kx, :]
@@ -93,19 +93,20 @@ def _tile_python(P, KH, KW):
     return tile
 
 
-def make_xor_popcount_tile(P, KH, KW):
+def make_xor_popcount_tile(P, KH, KW, lanes=TILE_LANES):
     """Build ``tile(x, w, dots, m0, iy, ix, sx, o0, K)`` for ``P`` pixels and a ``KH x KW`` kernel.
 
     Arguments (all arrays C-contiguous):
 
     * ``x``: uint64 ``(Hx, Wx, CW)`` packed activations (already padded if the conv pads).
-    * ``w``: uint64 ``(KH, KW, CW, Opad)`` packed weights, ``Opad`` a multiple of 8.
+    * ``w``: uint64 ``(KH, KW, CW, Opad)`` packed weights, ``Opad`` a multiple of ``lanes``.
     * ``dots``: float32 ``(rows, Opad)`` output buffer; pixel ``p`` goes to row ``m0 + p``.
     * ``iy``, ``ix``: top-left corner in ``x`` of pixel 0's window; ``sx``: column step
-      between consecutive pixels of the tile (the conv stride); ``o0``: first of the 8
-      output channels (a multiple of 8); ``K``: number of valid binary products.
+      between consecutive pixels of the tile (the conv stride); ``o0``: first of the
+      ``lanes`` output channels (a multiple of ``lanes``); ``K``: number of valid binary
+      products.
 
-    Computes, for ``p < P`` and ``o0 <= o < o0 + 8``, the ±1 dot product (exact in float32
+    Computes, for ``p < P`` and ``o0 <= o < o0 + lanes``, the ±1 dot product (exact in float32
     for ``K < 2**24``)::
 
         n = sum_{ky, kx, cw} popcount(x[iy + ky, ix + p*sx + kx, cw] ^ w[ky, kx, cw, o])
@@ -114,11 +115,11 @@ def make_xor_popcount_tile(P, KH, KW):
     No bounds are checked: the caller guarantees every index is inside the arrays.
     """
     if _JIT_DISABLED:
-        return _tile_python(P, KH, KW)
+        return _tile_python(P, KH, KW, lanes)
 
-    vec = ir.VectorType(_I64, TILE_LANES)
-    fvec = ir.VectorType(ir.FloatType(), TILE_LANES)
-    zero_mask = ir.Constant(ir.VectorType(_I32, TILE_LANES), None)
+    vec = ir.VectorType(_I64, lanes)
+    fvec = ir.VectorType(ir.FloatType(), lanes)
+    zero_mask = ir.Constant(ir.VectorType(_I32, lanes), None)
 
     @intrinsic
     def tile(typingctx, x, w, dots, m0, iy, ix, sx, o0, K):
@@ -139,7 +140,7 @@ def make_xor_popcount_tile(P, KH, KW):
             m0_, iy_, ix_, sx_, o0_, k_ = [_as_intp(context, builder, v, t)
                                            for v, t in zip(args[3:], signature.args[3:])]
             ctpop = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vec, [vec]), "llvm.ctpop.v%di64" % TILE_LANES)
+                builder.module, ir.FunctionType(vec, [vec]), "llvm.ctpop.v%di64" % lanes)
             undef = ir.Constant(vec, ir.Undefined)
             accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(P)]
 
@@ -166,7 +167,7 @@ def make_xor_popcount_tile(P, KH, KW):
             k_splat = builder.shuffle_vector(
                 builder.insert_element(undef, k_, ir.Constant(_I32, 0)), undef, zero_mask)
             for p in range(P):
-                dot = builder.sub(k_splat, builder.shl(builder.load(accs[p]), ir.Constant(vec, [1] * TILE_LANES)))
+                dot = builder.sub(k_splat, builder.shl(builder.load(accs[p]), ir.Constant(vec, [1] * lanes)))
                 idx = builder.add(builder.mul(builder.add(m0_, const(p)), acc_row), o0_)
                 ptr = builder.bitcast(builder.gep(aa.data, [idx]), fvec.as_pointer())
                 builder.store(builder.sitofp(dot, fvec), ptr, align=4)
