@@ -12,7 +12,7 @@ Cases:
   * FP conv2d (im2col/kn2row + BLAS, PixelShuffle fused) 64->256 3x3 at 256x256 with x2
     shuffle, and 64->3 3x3 at 1024x1024, vs torch conv2d (+ pixel_shuffle).
 
-Example:  python benchmarks/bench_kernels.py --threads 1,2 --repeats 9
+Example:  python benchmarks/bench_kernels.py --threads 1,2 --repeats 9 --burst 3
 """
 import argparse
 import platform
@@ -23,8 +23,12 @@ import time
 import numpy as np
 
 
+BURST = 1
+
+
 def _median_times(fns, repeats, warmup=2):
-    """Interleaved timing: returns {name: (median wall s, median process-CPU s)}."""
+    """Interleaved timing: in each of ``repeats`` rounds every implementation runs ``BURST``
+    times in a row (each call timed). Returns {name: (median wall s, median process-CPU s)}."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -32,10 +36,11 @@ def _median_times(fns, repeats, warmup=2):
     cpu = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            fn()
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+            for _ in range(BURST):
+                c0, t0 = time.process_time(), time.perf_counter()
+                fn()
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
 
 
@@ -167,7 +172,12 @@ def main():
     ap.add_argument("--hr", type=int, default=1024, help="map size of the 64->3 FP conv [1024]")
     ap.add_argument("--skip-fp", action="store_true", help="only the binary conv")
     ap.add_argument("--asm", action="store_true", help="count 512-bit popcounts in the compiled tile")
+    ap.add_argument("--burst", type=int, default=1,
+                    help="consecutive timed calls per implementation and round [1: strict alternation]; "
+                         "on a busy machine a kernel that just ran runs faster, as layers do in a network")
     args = ap.parse_args()
+    global BURST
+    BURST = max(1, args.burst)
 
     import numba
     import torch
@@ -179,6 +189,7 @@ def main():
           % (platform.processor() or platform.machine(), llvm.get_host_cpu_name(),
              feats.get("avx512vpopcntdq", False), np.__version__, numba.__version__, torch.__version__,
              platform.python_version()))
+    print("repeats %d, burst %d; medians of every timed call" % (args.repeats, BURST))
     if args.asm:
         zmm, total = _asm_report()
         print("3x3 tile (8 pixels x 8 channels x 9 taps): %d vpopcntq on zmm of %d popcounts" % (zmm, total))

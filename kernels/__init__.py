@@ -28,6 +28,7 @@ import numpy as np
 from .bitpack import (n_words, pack_signs, pack_signs_ref, pack_weights, pack_weights_ref, unpack_signs_ref,
                       unpack_weights, unpack_weights_ref, valid_bits_mask, weight_tap_sums, weight_tap_sums_ref)
 from .bconv import binary_conv2d, binary_conv2d_ref
+from ._epilogue import empty_aligned
 from .fpconv import conv2d, conv2d_ref, conv_weight_matrix
 from .ops import (box_filter_mean_abs, box_filter_mean_abs_ref, global_avg_pool, global_avg_pool_ref,
                   pixel_shuffle, pixel_shuffle_ref, pixel_unshuffle_ref, resize_bilinear, resize_bilinear_ref,
@@ -40,7 +41,7 @@ __all__ = [
     "pack_weights", "pack_weights_ref", "unpack_weights", "unpack_weights_ref",
     "weight_tap_sums", "weight_tap_sums_ref",
     "binary_conv2d", "binary_conv2d_ref",
-    "conv2d", "conv2d_ref", "conv_weight_matrix",
+    "conv2d", "conv2d_ref", "conv_weight_matrix", "empty_aligned",
     "pixel_shuffle", "pixel_shuffle_ref", "pixel_unshuffle_ref",
     "resize_bilinear", "resize_bilinear_ref", "resize_nearest", "resize_nearest_ref",
     "global_avg_pool", "global_avg_pool_ref", "box_filter_mean_abs", "box_filter_mean_abs_ref",

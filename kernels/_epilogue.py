@@ -26,7 +26,7 @@ on failed store-to-load forwarding.
 import numpy as np
 from numba import njit
 
-from ._vector import make_epilogue64
+from ._vector import make_epilogue64, make_store_fence
 from .bitpack import pack_signs_ref
 from .ops import pixel_shuffle_ref, pixel_unshuffle_ref
 
@@ -35,10 +35,16 @@ _EMPTY3 = np.empty((0, 0, 0), dtype=np.float32)
 _EMPTY2 = np.empty((0, 0), dtype=np.float32)
 _EMPTY_BITS = np.empty((0, 0, 0), dtype=np.uint64)
 _epilogue64 = make_epilogue64()
+_store_fence = make_store_fence()
+#: Outputs at least this large are written with streaming stores (bypassing the caches they
+#: would not fit in anyway), when 64-byte aligned: measured 13% faster for a 64->64 conv at
+#: 256x256 (16 MB of output).
+STREAM_BYTES = 8 << 20
 
 
 @njit(cache=True, fastmath=False, inline="always")
-def _direct_rows_nb(src, m0, n, pix0, Wo, mul, bias, ss, has_ss, cs, res, use_res, slope, s, out, ns, pack, bits):
+def _direct_rows_nb(src, m0, n, pix0, Wo, mul, bias, ss, has_ss, cs, res, use_res, slope, s, out, ns, pack, bits,
+                    stream):
     """Fused epilogue of ``n`` pixels whose channels are in sub-pixel-major order (see
     :func:`shuffle_grouping`; the identity when ``s == 1``), 64 channels per explicit-vector
     step. The residual, if any, has the layout of ``out``."""
@@ -61,7 +67,7 @@ def _direct_rows_nb(src, m0, n, pix0, Wo, mul, bias, ss, has_ss, cs, res, use_re
                 for cw in range(n_words):
                     cb = 64 * cw
                     word = _epilogue64(src, row + group + cb, mul, bias, group + cb, min(64, oc - cb), sc, cs,
-                                       res, base + cb, use_res, slope, out, base + cb, ns, cb)
+                                       res, base + cb, use_res, slope, out, base + cb, stream, ns, cb)
                     if pack:
                         bits[oy, ox, cw] = word
 
@@ -114,7 +120,7 @@ def _shuffled_rows_nb(src, m0, n, pix0, Wo, mul, bias, y, ss, has_ss, cs, res, r
 
 @njit(cache=True, fastmath=False)
 def epilogue_rows_nb(src, m0, n, pix0, Wo, mul, bias, y,
-                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
     """Apply the whole epilogue to the ``n`` output pixels ``pix0 .. pix0+n-1`` (raster
     order, ``Wo`` pixels per output row) whose raw values are rows ``m0 .. m0+n-1`` of
     ``src``; ``y`` is a float32 ``(O,)`` scratch row for the general path.
@@ -125,7 +131,9 @@ def epilogue_rows_nb(src, m0, n, pix0, Wo, mul, bias, y,
     channels; otherwise PyTorch's order ``c*s*s + i*s + j``."""
     if s == 1 or res_mode != 1:
         _direct_rows_nb(src, m0, n, pix0, Wo, mul, bias, ss, has_ss, cs, res, res_mode != 0, slope, s, out, ns,
-                        has_pack, bits)
+                        has_pack, bits, stream)
+        if stream:
+            _store_fence()
     else:
         _shuffled_rows_nb(src, m0, n, pix0, Wo, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns,
                           has_pack, bits)
@@ -166,11 +174,21 @@ def epilogue_ref(y, spatial_scale=None, channel_scale=None, residual=None, neg_s
     return y
 
 
-def _output_buffer(buf, shape, dtype, name):
-    """``buf`` if it is a usable preallocated output, else a new array; ValueError if a
-    given buffer has the wrong shape, dtype or layout."""
+def empty_aligned(shape, dtype=np.float32):
+    """``np.empty(shape, dtype)`` whose data starts on a 64-byte boundary. Large conv
+    outputs in such buffers are written with streaming (non-temporal) stores."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.empty(n * dtype.itemsize + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _output_buffer(buf, shape, dtype, name, aligned=False):
+    """``buf`` if it is a usable preallocated output, else a new (64-byte aligned if
+    ``aligned``) array; ValueError if a given buffer has the wrong shape, dtype or layout."""
     if buf is None:
-        return np.empty(shape, dtype=dtype)
+        return empty_aligned(shape, dtype) if aligned else np.empty(shape, dtype=dtype)
     if not isinstance(buf, np.ndarray) or buf.shape != shape or buf.dtype != dtype \
             or not buf.flags.c_contiguous or not buf.flags.writeable:
         raise ValueError("%s must be a writeable C-contiguous %s array of shape %s, got %s %s"
@@ -183,7 +201,7 @@ def prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slop
                      out_shuffle, next_shift, check_map, out=None, bits_out=None):
     """Validate the epilogue options of a conv with output ``(Ho, Wo, O)`` (before the
     shuffle) and turn them into the argument tuple ``(ss, has_ss, cs, res, res_mode, slope,
-    s, out, ns, has_pack, bits)`` of :func:`epilogue_rows_nb`; also return the output
+    s, out, ns, has_pack, bits, stream)`` of :func:`epilogue_rows_nb`; also return the output
     arrays (``out`` / ``bits_out`` if given, else new ones) and the output-channel
     permutation (or None) that the caller must apply to its weights, ``mul`` and ``bias``
     (the channel scale in ``args`` is already permuted). Raises ValueError on a bad shape
@@ -220,7 +238,7 @@ def prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slop
             raise ValueError("residual must have shape %s (before the shuffle) or %s (after), got %s"
                              % ((Ho, Wo, O), (Ho * s, Wo * s, oc), res.shape))
     slope = np.float32(1) if neg_slope is None else np.float32(neg_slope)
-    out = _output_buffer(out, (Ho * s, Wo * s, oc), np.float32, "out")
+    out = _output_buffer(out, (Ho * s, Wo * s, oc), np.float32, "out", aligned=True)
     if next_shift is None:
         ns, has_pack, bits = np.zeros(oc, dtype=np.float32), False, _EMPTY_BITS
     else:
@@ -233,5 +251,6 @@ def prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slop
     perm = shuffle_grouping(O, s) if res_mode != RES_PRE else None
     if perm is not None:
         cs = np.ascontiguousarray(cs[perm])
-    args = (ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+    stream = out.nbytes >= STREAM_BYTES
+    args = (ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
     return args, out, (bits if has_pack else None), perm

@@ -4,7 +4,8 @@ LLVM's loop vectoriser splits the fused epilogue loop into 128-bit pieces on thi
 CPU (it prefers 256-bit vectors on Intel, and the 64-bit lanes of the bit repack halve that
 again). :func:`make_epilogue64` writes the same float32 operations on ``<64 x float>``
 vectors with masked loads and stores instead, which become four 512-bit registers, and
-builds the packed sign word with one vector compare. The arithmetic is IEEE float32 without
+builds the packed sign word with one vector compare; large aligned outputs are written with
+streaming stores. The arithmetic is IEEE float32 without
 fast-math flags, in the documented order, so the results are bit-identical to the scalar
 code and to the NumPy reference.
 """
@@ -14,13 +15,13 @@ from numba.core import cgutils, config
 from numba.extending import intrinsic
 from llvmlite import ir
 
-__all__ = ["make_epilogue64"]
+__all__ = ["make_epilogue64", "make_store_fence"]
 
 _LANES = 64
 
 
-def _epilogue64_python(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, ns,
-                       ns_off):
+def _epilogue64_python(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, stream,
+                       ns, ns_off):
     lanes = slice(ob, ob + n)
     v = src.reshape(-1)[src_off:src_off + n] * mul[lanes] + bias[lanes]
     v = v * sc
@@ -35,7 +36,7 @@ def _epilogue64_python(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use
 
 def make_epilogue64():
     """Build ``epilogue64(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res,
-    slope, out, out_off, ns, ns_off) -> uint64``.
+    slope, out, out_off, stream, ns, ns_off) -> uint64``.
 
     For lanes ``l < n`` (``n <= 64``), with ``c = ob + l`` the channel and every array read
     as flat C-contiguous float32 memory::
@@ -45,7 +46,8 @@ def make_epilogue64():
         v = v if v >= 0 else v * slope;  out[out_off + l] = v
 
     and returns the word whose bit ``l`` is ``v - ns[ns_off + l] < 0`` (bits ``>= n`` are 0). Lanes
-    ``>= n`` touch no memory. No bounds are checked.
+    ``>= n`` touch no memory. No bounds are checked. If ``stream`` is true, a full word
+    (``n == 64``) whose destination is 64-byte aligned is stored with non-temporal stores.
     """
     if config.DISABLE_JIT:
         return _epilogue64_python
@@ -63,19 +65,20 @@ def make_epilogue64():
 
     @intrinsic
     def epilogue64(typingctx, src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out,
-                   out_off, ns, ns_off):
+                   out_off, stream, ns, ns_off):
         arrays = (src, mul, bias, cs, res, out, ns)
         ints = (src_off, ob, n, res_off, out_off, ns_off)
         if not all(f32_array(a) for a in arrays) or not all(isinstance(t, types.Integer) for t in ints):
             return None
-        if not (isinstance(use_res, types.Boolean) and sc == types.float32 and slope == types.float32):
+        if not (isinstance(use_res, types.Boolean) and isinstance(stream, types.Boolean)
+                and sc == types.float32 and slope == types.float32):
             return None
-        sig = types.uint64(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, ns,
-                           ns_off)
+        sig = types.uint64(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off,
+                           stream, ns, ns_off)
 
         def codegen(context, builder, signature, args):
             (a_src, a_src_off, a_mul, a_bias, a_ob, a_n, a_sc, a_cs, a_res, a_res_off, a_use_res, a_slope,
-             a_out, a_out_off, a_ns, a_ns_off) = args
+             a_out, a_out_off, a_stream, a_ns, a_ns_off) = args
             tys = signature.args
 
             def data(i, value):
@@ -128,11 +131,44 @@ def make_epilogue64():
             keep = builder.fcmp_ordered(">=", v, zero)
             v = builder.select(keep, v, builder.fmul(v, splat(a_slope)))
             out_ptr = builder.bitcast(builder.gep(data(12, a_out), [idx(13, a_out_off)]), fvec.as_pointer())
-            builder.call(store_fn, [v, out_ptr, ir.Constant(i32, 4), mask])
-            neg = builder.fcmp_ordered("<", builder.fsub(v, load(data(14, a_ns), idx(15, a_ns_off), mask, zero)),
+            streaming = builder.and_(
+                builder.icmp_unsigned("!=", context.cast(builder, a_stream, tys[14], types.uint8),
+                                      ir.Constant(ir.IntType(8), 0)),
+                builder.and_(builder.icmp_unsigned("==", n32, ir.Constant(i32, _LANES)),
+                             builder.icmp_unsigned("==", builder.and_(builder.ptrtoint(out_ptr, i64),
+                                                                      ir.Constant(i64, 63)), ir.Constant(i64, 0))))
+            with builder.if_else(streaming, likely=True) as (then, otherwise):
+                with then:
+                    store = builder.store(v, out_ptr, align=64)
+                    store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(i32, 1)]))
+                with otherwise:
+                    builder.call(store_fn, [v, out_ptr, ir.Constant(i32, 4), mask])
+            neg = builder.fcmp_ordered("<", builder.fsub(v, load(data(15, a_ns), idx(16, a_ns_off), mask, zero)),
                                        zero)
             return builder.bitcast(builder.and_(neg, mask), i64)
 
         return sig, codegen
 
     return epilogue64
+
+
+def make_store_fence():
+    """Build ``store_fence()``: ``sfence`` on x86 (orders the weakly-ordered streaming stores
+    before whatever signals the end of the work to other threads), a no-op elsewhere."""
+    if config.DISABLE_JIT:
+        return lambda: None
+
+    @intrinsic
+    def store_fence(typingctx):
+        sig = types.void()
+
+        def codegen(context, builder, signature, args):
+            if "x86" in builder.module.triple or "i686" in builder.module.triple:
+                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                    "llvm.x86.sse.sfence")
+                builder.call(fn, [])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return store_fence

@@ -99,7 +99,7 @@ def _correct_border_nb(dots, p, taps, iy, ix, H, W):
 
 @njit(cache=True, fastmath=False)
 def _conv3_row_nb(ho, x, pad_words, w, taps, K, Wo, stride, zero_pad, mul, bias, rows, dots, y,
-                  ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+                  ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
     """One output row of the 3x3 conv: copy the three input rows it needs into the padded
     buffer ``rows`` (wide enough for whole tiles), run the tiles into ``dots``, correct
     the zero-padded border, then the epilogue."""
@@ -116,12 +116,12 @@ def _conv3_row_nb(ho, x, pad_words, w, taps, K, Wo, stride, zero_pad, mul, bias,
             if iy == 0 or iy + 1 >= H or ix == 0 or ix + 1 >= W:
                 _correct_border_nb(dots, wo, taps, iy, ix, H, W)
     epilogue_rows_nb(dots, 0, Wo, ho * Wo, Wo, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns,
-                     has_pack, bits)
+                     has_pack, bits, stream)
 
 
 @njit(cache=True, fastmath=False, parallel=True)
 def _binary_conv3_nb(x, pad_words, w, taps, K, stride, zero_pad, mul, bias,
-                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
     H, W, CW = x.shape
     O = mul.shape[0]
     Ho = (H - 1) // stride + 1
@@ -135,13 +135,13 @@ def _binary_conv3_nb(x, pad_words, w, taps, K, stride, zero_pad, mul, bias,
         # np.int64: the parallel lowering types the loop index as unsigned, the serial
         # typing as signed; a fixed type avoids compiling the row function twice.
         _conv3_row_nb(np.int64(ho), x, pad_words, w, taps, K, Wo, stride, zero_pad, mul, bias, rows, dots, y,
-                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
     return out
 
 
 @njit(cache=True, fastmath=False)
 def _conv1_chunk_nb(begin, end, xf, w, K, Wo, mul, bias, dots, y,
-                    ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+                    ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
     """Output pixels ``begin..end-1`` (raster order) of the 1x1 conv. ``xf`` holds at least
     ``_P`` pixels, so a tile that would run past its end is shifted back; ``dots`` row
     ``n - begin + _P`` holds pixel ``n``."""
@@ -152,12 +152,12 @@ def _conv1_chunk_nb(begin, end, xf, w, K, Wo, mul, bias, dots, y,
         for o0 in range(0, opad, _LANES1):
             _tile1(xf, w, dots, start - begin + _P, 0, start, 1, o0, K)
     epilogue_rows_nb(dots, _P, end - begin, begin, Wo, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s,
-                     out, ns, has_pack, bits)
+                     out, ns, has_pack, bits, stream)
 
 
 @njit(cache=True, fastmath=False, parallel=True)
 def _binary_conv1_nb(xf, n_pixels, w, K, Wo, mul, bias,
-                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
     # xf: (1, >= max(n_pixels, _P), CW) packed input pixels in output raster order.
     O = mul.shape[0]
     n_chunks = (n_pixels + _CHUNK - 1) // _CHUNK
@@ -166,7 +166,7 @@ def _binary_conv1_nb(xf, n_pixels, w, K, Wo, mul, bias,
         y = np.empty(O, dtype=np.float32)
         begin = np.int64(ch) * _CHUNK
         _conv1_chunk_nb(begin, min(n_pixels, begin + _CHUNK), xf, w, K, Wo, mul, bias, dots, y,
-                        ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+                        ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
     return out
 
 

@@ -81,12 +81,12 @@ def _im2col_nb(x, kh, kw, stride, pad, ho0, Wo, cols):
 
 @njit(cache=True, fastmath=False, parallel=True)
 def _gemm_epilogue_nb(g, ho0, Wo, mul, bias,
-                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
     for r in prange(g.shape[0] // Wo):
         y = np.empty(g.shape[1], dtype=np.float32)
         ri = np.int64(r)  # one signature for the serial and the parallel typing
         epilogue_rows_nb(g, ri * Wo, Wo, (ho0 + ri) * Wo, Wo, mul, bias, y,
-                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
     return out
 
 
@@ -115,7 +115,7 @@ def _kn2row_row_nb(z, r0, W, H, kh, kw, stride, pad, ho, Wo, acc):
 
 @njit(cache=True, fastmath=False, parallel=True)
 def _kn2row_epilogue_nb(z, r0, W, H, kh, kw, stride, pad, ho0, n_rows, Wo, mul, bias,
-                        ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits):
+                        ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
     O = bias.shape[0]
     for r in prange(n_rows):
         acc = np.empty((Wo, O), dtype=np.float32)
@@ -123,7 +123,7 @@ def _kn2row_epilogue_nb(z, r0, W, H, kh, kw, stride, pad, ho0, n_rows, Wo, mul, 
         ho = ho0 + np.int64(r)
         _kn2row_row_nb(z, r0, W, H, kh, kw, stride, pad, ho, Wo, acc)
         epilogue_rows_nb(acc, 0, Wo, ho * Wo, Wo, mul, bias, y,
-                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits)
+                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
     return out
 
 

@@ -223,6 +223,29 @@ def test_binary_conv_epilogue(case, opts, s):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", subset([(13, 11, 130, 64, 3, 1, 0), (9, 8, 64, 144, 1, 1, 1),
+                                         (7, 5, 65, 256, 3, 2, -1)], every=2))
+def test_binary_conv_streaming_stores(case, monkeypatch):
+    """Large outputs use non-temporal stores: force them on small maps (aligned and not)."""
+    from ebsr_basicsr.kernels import _epilogue
+    monkeypatch.setattr(_epilogue, "STREAM_BYTES", 0)
+    H, W, C, O, k, stride, pad = case
+    rng, x_bits, w_packed = _bconv_inputs(case)
+    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    mul = rng.uniform(-0.5, 0.5, O).astype(np.float32)
+    bias = rng.standard_normal(O).astype(np.float32)
+    for s in (1, 2):
+        kw = _epilogue_kwargs(rng, Ho, Wo, O, ("channel", "residual_post", "lrelu", "repack"), s)
+        ref, ref_bits = K.binary_conv2d_ref(x_bits, w_packed, C, k, stride, pad, mul, bias, **kw)
+        aligned = K.empty_aligned(ref.shape)
+        assert aligned.ctypes.data % 64 == 0
+        unaligned = np.empty(ref.size + 1, np.float32)[1:].reshape(ref.shape)
+        for out in (None, aligned, unaligned):
+            got, bits = K.binary_conv2d(x_bits, w_packed, C, k, stride, pad, mul, bias, out=out, **kw)
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+            assert np.array_equal(bits, K.pack_signs(got, kw["next_shift"]))
+
+
 def test_binary_conv_tap_sums_and_out_buffers():
     case = (13, 11, 65, 16, 3, 1, 0)
     rng, x_bits, w_packed = _bconv_inputs(case)
@@ -315,6 +338,9 @@ def test_conv2d_matches_ref(case, opts, monkeypatch):
         kw["residual"] = rng.standard_normal((Ho, Wo, O)).astype(np.float32)
     if "residual_post" in opts:
         kw["residual"] = rng.standard_normal((Ho * s, Wo * s, O // (s * s))).astype(np.float32)
+    if case[3] % 64 == 0 or "bias" in opts:  # also the streaming stores, on some cases
+        from ebsr_basicsr.kernels import _epilogue
+        monkeypatch.setattr(_epilogue, "STREAM_BYTES", 0)
     got = K.conv2d(x, w, **kw)
     ref = K.conv2d_ref(x, w, **kw)
     assert got.shape == ref.shape == (Ho * s, Wo * s, O // (s * s))
