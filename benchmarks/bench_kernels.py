@@ -12,7 +12,8 @@ Cases:
   * FP conv2d (im2col/kn2row + BLAS, PixelShuffle fused) 64->256 3x3 at 256x256 with x2
     shuffle, and 64->3 3x3 at 1024x1024, vs torch conv2d (+ pixel_shuffle).
 
-Example:  python benchmarks/bench_kernels.py --threads 1,2 --repeats 9 --burst 3
+Example:  python benchmarks/bench_kernels.py --threads 1,2 --repeats 9
+          python benchmarks/bench_kernels.py --threads 1 --burst 3 --warm-call   # steady state
 """
 import argparse
 import platform
@@ -24,11 +25,13 @@ import numpy as np
 
 
 BURST = 1
+WARM_CALL = False
 
 
 def _median_times(fns, repeats, warmup=2):
     """Interleaved timing: in each of ``repeats`` rounds every implementation runs ``BURST``
-    times in a row (each call timed). Returns {name: (median wall s, median process-CPU s)}."""
+    times in a row (each call timed), after one untimed call if ``WARM_CALL``.
+    Returns {name: (median wall s, median process-CPU s)}."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -36,6 +39,8 @@ def _median_times(fns, repeats, warmup=2):
     cpu = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if WARM_CALL:
+                fn()
             for _ in range(BURST):
                 c0, t0 = time.process_time(), time.perf_counter()
                 fn()
@@ -95,7 +100,7 @@ def bench_binary(K, torch, size, channels, repeats, threads):
     mul = rng.uniform(0.5, 1.5, O).astype(np.float32)
     bias = rng.standard_normal(O).astype(np.float32)
     shift = np.zeros(O, np.float32)
-    out = np.empty((H, W, O), np.float32)
+    out = K.empty_aligned((H, W, O), np.float32)  # 64-byte aligned: streaming stores
     bits_out = np.empty((H, W, (O + 63) // 64), np.uint64)
 
     xt = torch.from_numpy(np.sign(x) + (x == 0)).permute(2, 0, 1)[None]  # NHWC memory: channels_last
@@ -139,7 +144,7 @@ def bench_fp(K, torch, repeats, threads, hr):
         x = rng.standard_normal((H, H, C)).astype(np.float32)
         w = (rng.standard_normal((O, C, 3, 3)) * 0.05).astype(np.float32)
         b = rng.standard_normal(O).astype(np.float32)
-        out = np.empty((H * s, H * s, O // (s * s)), np.float32)
+        out = K.empty_aligned((H * s, H * s, O // (s * s)), np.float32)
         wm = K.conv_weight_matrix(w)
         xt = torch.from_numpy(x).permute(2, 0, 1)[None]
         wt_cl = torch.from_numpy(w).contiguous(memory_format=torch.channels_last)
@@ -175,9 +180,11 @@ def main():
     ap.add_argument("--burst", type=int, default=1,
                     help="consecutive timed calls per implementation and round [1: strict alternation]; "
                          "on a busy machine a kernel that just ran runs faster, as layers do in a network")
+    ap.add_argument("--warm-call", action="store_true",
+                    help="one untimed call of each implementation before its timed calls in every round")
     args = ap.parse_args()
-    global BURST
-    BURST = max(1, args.burst)
+    global BURST, WARM_CALL
+    BURST, WARM_CALL = max(1, args.burst), args.warm_call
 
     import numba
     import torch
@@ -189,7 +196,7 @@ def main():
           % (platform.processor() or platform.machine(), llvm.get_host_cpu_name(),
              feats.get("avx512vpopcntdq", False), np.__version__, numba.__version__, torch.__version__,
              platform.python_version()))
-    print("repeats %d, burst %d; medians of every timed call" % (args.repeats, BURST))
+    print("repeats %d, burst %d, warm call %s; medians of every timed call" % (args.repeats, BURST, WARM_CALL))
     if args.asm:
         zmm, total = _asm_report()
         print("3x3 tile (8 pixels x 8 channels x 9 taps): %d vpopcntq on zmm of %d popcounts" % (zmm, total))

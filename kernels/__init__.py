@@ -5,6 +5,20 @@ NumPy ``*_ref`` twin that defines its semantics; the public op validates its arg
 (ValueError) and calls a jitted kernel. Kernels compile lazily on first call and are cached
 on disk (``cache=True``), so importing this package compiles nothing.
 
+API (maps are float32 NHWC without N, ``(H, W, C)``):
+
+* ``pack_signs(x, shift=None) -> uint64 (H, W, ceil(C/64))``
+* ``pack_weights(w (O, C, kh, kw)) -> uint64 (kh, kw, ceil(C/64), O)``;
+  ``unpack_weights(packed, C, kh, kw) -> float32 ±1 (O, C, kh, kw)``;
+  ``weight_tap_sums(packed, C) -> int64 (kh*kw, O)`` (zero-padding correction)
+* ``binary_conv2d(x_bits, w_packed, in_channels, kernel_size, stride=1, pad_value=1,
+  mul=None, bias=None, *, spatial_scale, channel_scale, residual, neg_slope, out_shuffle,
+  next_shift, tap_sums, out, bits_out) -> out`` or ``(out, bits)``
+* ``conv2d(x, w, bias=None, *, stride, padding, neg_slope, out_shuffle, residual,
+  w_matrix, out)``; ``conv_weight_matrix(w)``
+* ``pixel_shuffle``, ``resize_bilinear``, ``resize_nearest``, ``global_avg_pool``,
+  ``box_filter_mean_abs``; ``empty_aligned`` (output buffers for streaming stores)
+
 Threads: the parallel kernels use Numba's thread pool. :func:`set_num_threads` sets it (and,
 best effort, the thread count of NumPy's bundled OpenBLAS that runs the FP GEMMs); the
 environment variable ``EBSR_NUM_THREADS`` sets it at import. Default: all cores. Numba's

@@ -1,11 +1,13 @@
 """Binary (XNOR-popcount) convolution with a fused epilogue.
 
-The jitted kernels walk output rows in parallel (``prange``). For each tile of 8 output
-pixels and each group of 8 output channels an LLVM-IR tile (see
+The 3x3 kernel walks output rows in parallel (``prange``); the 1x1 kernel, which also
+serves token maps ``(N, 1, C)``, walks chunks of 128 output pixels of the flattened map.
+For each tile of 8 output pixels and 8 output channels an LLVM-IR tile (see
 :func:`.popcount.make_xor_popcount_tile`) accumulates ``popcount(a XOR w)`` over all taps and
-channel words in registers; the epilogue then turns the counts into floats and applies the
-scales, residual, LeakyReLU, PixelShuffle and the optional repack, pixel by pixel while the
-values are still in L1.
+channel words in 512-bit registers and stores the exact ±1 dot products as float32. Once
+per row (or chunk), while those are still in L1/L2, the shared epilogue
+(:mod:`._epilogue`) applies ``mul``/``bias``, the scales, residual, LeakyReLU and
+PixelShuffle and writes the output and, optionally, its repacked sign bits.
 
 Padding: each output row of a 3x3 conv copies the three packed input rows it needs into a
 small buffer padded by one pixel (and to whole tiles on the right). ``pad_value=+1`` pads
