@@ -23,6 +23,8 @@ to ``out`` in one pass per 64 channels, and the packed bits come from the same r
 (:mod:`._vector`): a second pass re-reading just-stored values with wider loads would stall
 on failed store-to-load forwarding.
 """
+import math
+
 import numpy as np
 from numba import njit
 
@@ -178,7 +180,8 @@ def empty_aligned(shape, dtype=np.float32):
     """``np.empty(shape, dtype)`` whose data starts on a 64-byte boundary. Large conv
     outputs in such buffers are written with streaming (non-temporal) stores."""
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape))
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    n = math.prod(shape)
     raw = np.empty(n * dtype.itemsize + 64, dtype=np.uint8)
     start = -raw.ctypes.data % 64
     return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
@@ -188,7 +191,8 @@ def _output_buffer(buf, shape, dtype, name, aligned=False):
     """``buf`` if it is a usable preallocated output, else a new (64-byte aligned if
     ``aligned``) array; ValueError if a given buffer has the wrong shape, dtype or layout."""
     if buf is None:
-        return empty_aligned(shape, dtype) if aligned else np.empty(shape, dtype=dtype)
+        big = math.prod(shape) * np.dtype(dtype).itemsize >= STREAM_BYTES
+        return empty_aligned(shape, dtype) if aligned and big else np.empty(shape, dtype=dtype)
     if not isinstance(buf, np.ndarray) or buf.shape != shape or buf.dtype != dtype \
             or not buf.flags.c_contiguous or not buf.flags.writeable:
         raise ValueError("%s must be a writeable C-contiguous %s array of shape %s, got %s %s"
