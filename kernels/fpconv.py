@@ -1,29 +1,38 @@
 """Float32 convolution for the FP head, tail and upsampler, on BLAS GEMMs.
 
-The output is produced in bands of output rows so that the temporary matrices stay small
-(about ``_BAND_BYTES``) whatever the image size. Two formulations, picked by shape:
+Memory stays bounded whatever the image size: the im2col path works in bands of output rows
+(each im2col matrix about ``_BAND_BYTES``), the kn2row path keeps ``kh`` rows per work item.
+Two formulations, picked by shape:
 
 * im2col (the default): a jitted kernel gathers the patches of a band into a
   ``(rows*Wo, kh*kw*C)`` matrix and NumPy's BLAS multiplies it by the ``(kh*kw*C, O)``
   weight matrix. A 1x1 stride-1 conv skips the gather (the map already is the matrix).
 * kn2row, when there are few output channels (``2*O <= C``, e.g. a 64 -> 3 tail conv at
-  high resolution): one GEMM ``(pixels, C) @ (C, kh*kw*O)`` gives every tap's contribution
-  for every input pixel, and a jitted kernel sums the ``kh*kw`` shifted contributions of
-  each output pixel. This moves ``kh*kw*O`` floats per pixel instead of ``kh*kw*C`` and
-  keeps BLAS away from a GEMM with only ``O`` columns.
+  high resolution): the product ``x[iy] @ wk`` with ``wk`` of shape ``(C, kh*kw*O)`` gives
+  every tap's contribution to every output channel for every pixel of input row ``iy``,
+  and each output pixel sums its ``kh*kw`` shifted contributions. Each parallel work item
+  keeps the last ``kh`` such rows in a small ring buffer (L2), so the map is read once and
+  nothing but the output goes back to memory. That product has few columns (27 for O=3),
+  a shape OpenBLAS handles poorly (and very poorly with two threads on a busy machine:
+  3.5x slower than one), so it runs on a register-blocked FMA tile of our own
+  (:func:`._vector.make_fma_tile`); it is therefore not bound by the BLAS thread count.
 
 In both cases a jitted epilogue adds the bias (and the residual), applies the LeakyReLU and
 writes the result PixelShuffle'd straight into the output, so no separate shuffle pass is
 needed.
 """
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ._epilogue import epilogue_ref, epilogue_rows_nb, prepare_epilogue
+from ._vector import make_fma_tile
 from .bitpack import _check_map
 
 __all__ = ["conv2d", "conv2d_ref", "conv_weight_matrix"]
 
+_FMA_P, _FMA_COLS = 8, 32  # kn2row GEMM tile: 8 pixels x 32 columns (two 512-bit vectors)
+_fma_tile = make_fma_tile(_FMA_P, _FMA_COLS // 16)
 _BAND_BYTES = 8 << 20  # target size of one band's temporary matrix
 _MIN_BAND_PIXELS = 1024
 
@@ -90,40 +99,74 @@ def _gemm_epilogue_nb(g, ho0, Wo, mul, bias,
     return out
 
 
+@njit(cache=True, fastmath=False, inline="always")
+def _kn2row_input_row_nb(x, iy, wk, z):
+    """``z[ix, :] = x[iy, ix, :] @ wk`` for one input row: the contribution of every tap to
+    every output channel, for every pixel of the row."""
+    W, C = x.shape[1], x.shape[2]
+    xr = x[iy]
+    if W >= _FMA_P:
+        for b in range((W + _FMA_P - 1) // _FMA_P):
+            m0 = min(b * _FMA_P, W - _FMA_P)  # the last block is shifted back
+            for j0 in range(0, wk.shape[1], _FMA_COLS):
+                _fma_tile(xr, wk, z, m0, j0)
+    else:
+        for m in range(W):
+            for j in range(wk.shape[1]):
+                z[m, j] = 0
+            for c in range(C):
+                v = xr[m, c]
+                for j in range(wk.shape[1]):
+                    z[m, j] += v * wk[c, j]
+
+
 @njit(cache=True, fastmath=False)
-def _kn2row_row_nb(z, r0, W, H, kh, kw, stride, pad, ho, Wo, acc):
-    """``acc[wo, o]`` = sum over the taps inside the map of the shifted contributions
-    ``z[(iy - r0) * W + ix, (ky*kw + kx)*O + o]`` (= sum_c x[iy, ix, c] * w[o, c, ky, kx])."""
-    O = acc.shape[1]
+def _kn2row_rows_nb(x, wk, O, kh, kw, stride, pad, ho_begin, ho_end, Wo, ring, ring_rows, acc, mul, bias, y,
+                    ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
+    """Output rows ``ho_begin .. ho_end-1`` of a kn2row conv. ``ring[k]`` caches the tap
+    contributions of input row ``ring_rows[k]`` (the ``kh`` rows a window spans map to
+    distinct slots ``iy % kh``), so each input row is multiplied once per work item."""
+    H, W = x.shape[0], x.shape[1]
     uO = np.uint64(O)
-    for wo in range(Wo):
-        for o in range(O):
-            acc[wo, o] = 0
+    for k in range(kh):
+        ring_rows[k] = -1
+    for ho in range(ho_begin, ho_end):
         for ky in range(kh):
             iy = ho * stride - pad + ky
-            if iy < 0 or iy >= H:
-                continue
-            for kx in range(kw):
-                ix = wo * stride - pad + kx
-                if ix < 0 or ix >= W:
+            if 0 <= iy < H and ring_rows[iy % kh] != iy:
+                _kn2row_input_row_nb(x, iy, wk, ring[iy % kh])
+                ring_rows[iy % kh] = iy
+        for wo in range(Wo):
+            for o in range(O):
+                acc[wo, o] = 0
+            for ky in range(kh):
+                iy = ho * stride - pad + ky
+                if iy < 0 or iy >= H:
                     continue
-                row = (iy - r0) * W + ix
-                base = np.uint64((ky * kw + kx) * O)
-                for o in range(uO):
-                    acc[wo, o] += z[row, base + o]
+                z = ring[iy % kh]
+                for kx in range(kw):
+                    ix = wo * stride - pad + kx
+                    if ix < 0 or ix >= W:
+                        continue
+                    base = np.uint64((ky * kw + kx) * O)
+                    for o in range(uO):
+                        acc[wo, o] += z[ix, base + o]
+        epilogue_rows_nb(acc, 0, Wo, ho * Wo, Wo, mul, bias, y,
+                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
 
 
 @njit(cache=True, fastmath=False, parallel=True)
-def _kn2row_epilogue_nb(z, r0, W, H, kh, kw, stride, pad, ho0, n_rows, Wo, mul, bias,
-                        ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
-    O = bias.shape[0]
-    for r in prange(n_rows):
+def _kn2row_nb(x, wk, O, kh, kw, stride, pad, Ho, Wo, rows_per_item, mul, bias,
+               ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
+    W = x.shape[1]
+    for item in prange((Ho + rows_per_item - 1) // rows_per_item):
+        ring = np.empty((kh, W, wk.shape[1]), dtype=np.float32)
+        ring_rows = np.empty(kh, dtype=np.int64)
         acc = np.empty((Wo, O), dtype=np.float32)
         y = np.empty(O, dtype=np.float32)
-        ho = ho0 + np.int64(r)
-        _kn2row_row_nb(z, r0, W, H, kh, kw, stride, pad, ho, Wo, acc)
-        epilogue_rows_nb(acc, 0, Wo, ho * Wo, Wo, mul, bias, y,
-                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
+        begin = np.int64(item) * rows_per_item
+        _kn2row_rows_nb(x, wk, O, kh, kw, stride, pad, begin, min(Ho, begin + rows_per_item), Wo, ring, ring_rows,
+                        acc, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
     return out
 
 
@@ -173,18 +216,13 @@ def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuff
         w, bias_arr = w[perm], np.ascontiguousarray(bias_arr[perm])
     xflat = x.reshape(H * W, C)
     if kh * kw > 1 and 2 * O <= C:
-        # kn2row: Wk[c, (ky*kw + kx)*O + o] = w[o, c, ky, kx]
-        wk = np.ascontiguousarray(np.transpose(w, (1, 2, 3, 0)).reshape(C, kh * kw * O))
-        row_bytes = 4 * W * kh * kw * O
-        n_rows = max(1, min(Ho, (max(_BAND_BYTES // row_bytes, kh) - kh) // stride + 1))
-        z_buf = np.empty(((n_rows - 1) * stride + kh) * W * kh * kw * O, dtype=np.float32)
-        for ho0 in range(0, Ho, n_rows):
-            n = min(n_rows, Ho - ho0)
-            r0 = max(0, ho0 * stride - pad)
-            r1 = min(H, (ho0 + n - 1) * stride - pad + kh)  # exclusive
-            z = z_buf[:(r1 - r0) * W * kh * kw * O].reshape((r1 - r0) * W, kh * kw * O)
-            np.dot(xflat[r0 * W:r1 * W], wk, out=z)
-            _kn2row_epilogue_nb(z, r0, W, H, kh, kw, stride, pad, ho0, n, Wo, ones, bias_arr, *args)
+        # kn2row: wk[c, (ky*kw + kx)*O + o] = w[o, c, ky, kx], zero columns up to whole tiles
+        n_cols = -(-(kh * kw * O) // _FMA_COLS) * _FMA_COLS
+        wk = np.zeros((C, n_cols), dtype=np.float32)
+        wk[:, :kh * kw * O] = np.transpose(w, (1, 2, 3, 0)).reshape(C, kh * kw * O)
+        # a few work items per thread; each recomputes the kh-1 input rows it shares
+        rows_per_item = max(8, -(-Ho // (4 * numba.get_num_threads())))
+        _kn2row_nb(x, wk, O, kh, kw, stride, pad, Ho, Wo, rows_per_item, ones, bias_arr, *args)
         return out
 
     # im2col: wm[(ky*kw + kx)*C + c, o] = w[o, c, ky, kx]

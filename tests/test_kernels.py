@@ -308,6 +308,9 @@ FPCONV_CASES = [
     (11, 13, 32, 3, 3, 2, None, 1),   # kn2row, stride 2
     (12, 9, 20, 2, 5, 1, 1, 1),       # kn2row, 5x5 with padding 1
     (21, 17, 64, 3, 3, 1, None, 1),   # kn2row tail conv
+    (6, 5, 16, 3, 3, 1, None, 1),     # kn2row on rows narrower than one FMA tile
+    (7, 3, 12, 4, 3, 2, None, 2),     # kn2row, narrow, stride 2, shuffle
+    (40, 37, 40, 20, 3, 1, None, 1),  # kn2row, several work items and column tiles
 ]
 
 
