@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import ebsr_basicsr.kernels as K
-from ebsr_basicsr.kernels import bconv, fpconv
+from ebsr_basicsr.kernels import fpconv
 from ebsr_basicsr.kernels.popcount import popcount_ref
 
 JIT_DISABLED = bool(numba.config.DISABLE_JIT)
