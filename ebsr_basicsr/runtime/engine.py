@@ -53,9 +53,35 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return _gelu_nb(x, np.empty_like(x))
 
 
+class BufferPool:
+    """Reuses the large output maps of a run: a fresh 16 MB array costs page faults that
+    take as long as the binary conv writing it. The engine returns a map here when its last
+    reader has run; ops ask for one of the shape they need."""
+
+    def __init__(self):
+        self._free: dict = {}
+
+    def get(self, shape, dtype=np.float32) -> np.ndarray:
+        free = self._free.get((tuple(shape), np.dtype(dtype)))
+        return free.pop() if free else K.empty_aligned(shape, dtype)
+
+    def put(self, array: np.ndarray) -> None:
+        if array.flags.c_contiguous and array.flags.writeable:
+            self._free.setdefault((array.shape, array.dtype), []).append(array)
+
+    def clear(self) -> None:
+        self._free.clear()
+
+
 class _Op:
+    pool: BufferPool | None = None
+
     def __init__(self, attrs: dict, tensors: dict):
         self.attrs = attrs
+
+    def _out(self, shape):
+        """An output buffer from the engine's pool (``None``: let the kernel allocate)."""
+        return None if self.pool is None else self.pool.get(shape)
 
     @staticmethod
     def _t(tensors, name):
@@ -93,7 +119,7 @@ class Denormalize(_Op):
 @_op("add")
 class Add(_Op):
     def __call__(self, a, b):
-        return a + b
+        return np.add(a, b, out=self._out(a.shape))
 
 
 @_op("conv2d")
@@ -105,8 +131,12 @@ class Conv2d(_Op):
         self.stride, self.padding, self.shuffle = attrs["stride"], attrs["padding"], attrs["shuffle"]
 
     def __call__(self, x, residual=None):
-        return K.conv2d(x, self.w, self.b, stride=self.stride, padding=self.padding, out_shuffle=self.shuffle,
-                        residual=residual, w_matrix=self.w_matrix)
+        o, _, k, _ = self.w.shape
+        ho = (x.shape[0] + 2 * self.padding - k) // self.stride + 1
+        wo = (x.shape[1] + 2 * self.padding - k) // self.stride + 1
+        s = self.shuffle
+        return K.conv2d(x, self.w, self.b, stride=self.stride, padding=self.padding, out_shuffle=s,
+                        residual=residual, w_matrix=self.w_matrix, out=self._out((ho * s, wo * s, o // (s * s))))
 
 
 @_op("binary_unit")
@@ -191,10 +221,12 @@ class BinaryUnit(_Op):
             y = K.binary_conv2d(bits, self.w_bits, self.cin, self.k, 1, self.pad_value, self.mul, self.bias,
                                 spatial_scale=spatial)
             return self._finish(y, None, gamma, residual, True)
+        s = self.shuffle
+        out = self._out((x.shape[0] * s, x.shape[1] * s, self.cout // (s * s)))
         return K.binary_conv2d(bits, self.w_bits, self.cin, self.k, 1, self.pad_value, self.mul, self.bias,
                                spatial_scale=spatial, channel_scale=None if gamma is None else gamma[0],
-                               residual=residual, neg_slope=self.neg_slope, out_shuffle=self.shuffle,
-                               tap_sums=self.tap_sums)
+                               residual=residual, neg_slope=self.neg_slope, out_shuffle=s,
+                               tap_sums=self.tap_sums, out=out)
 
     def _finish(self, y, spatial, gamma, residual, per_row):
         """The epilogue in NumPy, for the paths the kernel's epilogue does not cover."""
@@ -320,12 +352,23 @@ class Engine:
             self.in_channels = int(header.get("in_channels", 3))
             self._output = header["output"]
             self._ops = []
+            self.pool = BufferPool()
             for spec in header["graph"]:
                 kind = spec["op"]
                 if kind not in _OPS:
                     raise ModelFileError(f"{source}: unknown op {kind!r} (made by a newer ebsr-basicsr?)")
                 attrs = {k: v for k, v in spec.items() if k not in ("op", "in", "out")}
-                self._ops.append((_OPS[kind](attrs, tensors), list(spec["in"]), spec["out"]))
+                op = _OPS[kind](attrs, tensors)
+                op.pool = self.pool
+                self._ops.append((op, list(spec["in"]), spec["out"]))
+            last_use = {}
+            for i, (_, inputs, _) in enumerate(self._ops):
+                for name in inputs:
+                    last_use[name] = i
+            # values whose buffers can go back to the pool after op i
+            self._release = [[name for name in dict.fromkeys(inputs)
+                              if last_use[name] == i and name not in ("input", self._output)]
+                             for i, (_, inputs, _) in enumerate(self._ops)]
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError) as e:
@@ -342,9 +385,13 @@ class Engine:
         if image.ndim != 3 or image.shape[2] != self.in_channels:
             raise ValueError(f"expected an (H, W, {self.in_channels}) image, got shape {image.shape}")
         values = {"input": np.ascontiguousarray(image, np.float32)}
-        for op, inputs, out in self._ops:
+        for (op, inputs, out), release in zip(self._ops, self._release):
             values[out] = op(*(values[name] for name in inputs))
-        return values[self._output]
+            for name in release:
+                array = values.pop(name)
+                if not any(v is array or np.shares_memory(v, array) for v in values.values()):
+                    self.pool.put(array)
+        return values.pop(self._output)
 
     def upscale(self, image: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) BGR (OpenCV's order) → uint8 (H·s, W·s, 3) BGR."""
