@@ -2,9 +2,10 @@
 
 A binary layer computes ``op(q(x), alpha_o * sign(W))``: ``q`` is an activation quantizer
 (``ebsr_basicsr.ops.quantizers``; ``None`` keeps activations full precision, as in BNN-SR),
-``sign(W)`` the binarized latent weights and ``alpha_o`` a per-output-channel scale. What
-the layer claims to compute is exposed by :meth:`BinaryConv2d.binary_operands`, which the
-tests and the exporter use: the ±1 input, the ±1 weights and the factors applied after.
+``sign(W)`` the binarized latent weights and ``alpha_o`` a per-output-channel scale. The
+operands are exposed (``quantize_input``, ``weight_signs``, ``weight_alpha``, ``output_scale``)
+so that tests can check the layer against a float op on ±1 tensors and the exporter can pack
+the signs and fold the factors.
 """
 from __future__ import annotations
 
@@ -12,21 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizers import get_quantizer, sign
-
-
-class _WeightSign(torch.autograd.Function):
-    """``sign(W)`` forward; the gradient passes straight through where ``|W| <= 1``."""
-
-    @staticmethod
-    def forward(ctx, w):
-        ctx.save_for_backward(w)
-        return sign(w)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (w,) = ctx.saved_tensors
-        return grad * (w.abs() <= 1).to(grad.dtype)
+from .quantizers import get_quantizer, ste_sign
 
 
 WEIGHT_SCALES = ("mean", "learnable", "none")
@@ -50,7 +37,7 @@ class _BinaryWeights(nn.Module):
             self.scale = nn.Parameter(init.clone())
 
     def weight_signs(self) -> torch.Tensor:
-        return _WeightSign.apply(self.weight)
+        return ste_sign(self.weight)  # the STE clipped to |W| <= 1
 
     def weight_alpha(self) -> torch.Tensor | None:
         """Per-output-channel scale (shape ``[O]``) or ``None``."""

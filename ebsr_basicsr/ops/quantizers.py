@@ -29,33 +29,26 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
 
-class _SteSign(torch.autograd.Function):
-    """Forward ``sign``; backward passes the gradient where ``|x| <= 1`` (clipped STE)."""
+def _sign_function(name: str, derivative, doc: str):
+    """An autograd Function: ``sign`` forward, ``grad * derivative(x)`` backward."""
 
-    @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
         return sign(x)
 
-    @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+        return grad * derivative(x).to(grad.dtype)
+
+    return type(name, (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": doc})
 
 
-class _ApproxSign(torch.autograd.Function):
-    """Forward ``sign``; backward the derivative of Bi-Real Net's piecewise polynomial,
-    ``2 - 2|x|`` inside [-1, 1] and 0 outside."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return sign(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
+_SteSign = _sign_function("_SteSign", lambda x: x.abs() <= 1,
+                          "Forward ``sign``; backward passes the gradient where ``|x| <= 1`` (clipped STE).")
+_ApproxSign = _sign_function("_ApproxSign", lambda x: torch.clamp(2.0 - 2.0 * x.abs(), min=0.0),
+                             "Forward ``sign``; backward the derivative of Bi-Real Net's piecewise polynomial, "
+                             "``2 - 2|x|`` inside [-1, 1] and 0 outside.")
 
 
 def ste_sign(x: torch.Tensor) -> torch.Tensor:
