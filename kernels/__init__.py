@@ -45,6 +45,7 @@ from .bconv import binary_conv2d, binary_conv2d_ref
 from ._epilogue import empty_aligned
 from .fpconv import conv2d, conv2d_ref, conv_weight_matrix
 from .ops import (box_filter_mean_abs, box_filter_mean_abs_ref, global_avg_pool, global_avg_pool_ref,
+                  map_stats, map_stats_ref,
                   pixel_shuffle, pixel_shuffle_ref, pixel_unshuffle_ref, resize_bilinear, resize_bilinear_ref,
                   resize_nearest, resize_nearest_ref)
 from .popcount import popcount_ref
@@ -59,6 +60,7 @@ __all__ = [
     "pixel_shuffle", "pixel_shuffle_ref", "pixel_unshuffle_ref",
     "resize_bilinear", "resize_bilinear_ref", "resize_nearest", "resize_nearest_ref",
     "global_avg_pool", "global_avg_pool_ref", "box_filter_mean_abs", "box_filter_mean_abs_ref",
+    "map_stats", "map_stats_ref",
     "popcount_ref",
 ]
 

@@ -12,6 +12,7 @@ __all__ = [
     "pixel_shuffle", "pixel_shuffle_ref", "pixel_unshuffle_ref",
     "resize_bilinear", "resize_bilinear_ref", "resize_nearest", "resize_nearest_ref",
     "global_avg_pool", "global_avg_pool_ref", "box_filter_mean_abs", "box_filter_mean_abs_ref",
+    "map_stats", "map_stats_ref",
 ]
 
 
@@ -237,3 +238,57 @@ def box_filter_mean_abs(x, k):
     if out.size == 0:
         return out
     return _box_filter_mean_abs_nb(x, int(k), out)
+
+
+# --------------------------------------------------------------------------- map statistics
+def map_stats_ref(x, w=None):
+    """Reference: one read of a ``(H, W, C)`` map gives both inputs of the re-scalings:
+    ``pixel[h, w]`` = ``mean_c |x|`` (``w`` None) or ``sum_c x * w[c]``, and
+    ``channel[c]`` = the mean of channel ``c`` over all pixels. float32 ``(H, W)``, ``(C,)``."""
+    x64 = x.astype(np.float64)
+    pixel = np.abs(x64).mean(axis=2) if w is None else x64 @ np.asarray(w, np.float64)
+    return pixel.astype(np.float32), x64.mean(axis=(0, 1)).astype(np.float32)
+
+
+@njit(cache=True, fastmath={"reassoc", "nsz"}, parallel=True)
+def _map_stats_nb(x, w, use_w, pixel, rows):
+    H, W, C = x.shape
+    inv = np.float32(1.0 / C)
+    for h in prange(H):
+        acc = np.zeros(C, dtype=np.float32)
+        for j in range(W):
+            t = np.float32(0.0)
+            if use_w:
+                for c in range(C):
+                    v = x[h, j, c]
+                    acc[c] += v
+                    t += v * w[c]
+                pixel[h, j] = t
+            else:
+                for c in range(C):
+                    v = x[h, j, c]
+                    acc[c] += v
+                    t += abs(v)
+                pixel[h, j] = t * inv
+        for c in range(C):
+            rows[h, c] = acc[c]
+    return pixel
+
+
+def map_stats(x, w=None):
+    """Per-pixel ``mean_c |x|`` (or ``x · w`` when ``w`` is given) and per-channel means of
+    a float32 ``(H, W, C)`` map in one parallel pass (see :func:`map_stats_ref`)."""
+    x = _check_map(x, "x")
+    H, W, C = x.shape
+    if H * W == 0:
+        raise ValueError("map_stats of an empty map")
+    use_w = w is not None
+    if use_w:
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        if w.shape != (C,):
+            raise ValueError("w must have shape (%d,), got %s" % (C, w.shape))
+    else:
+        w = np.zeros(C, dtype=np.float32)
+    rows = np.empty((H, C), dtype=np.float64)
+    pixel = _map_stats_nb(x, w, use_w, np.empty((H, W), dtype=np.float32), rows)
+    return pixel, (rows.sum(axis=0) / (H * W)).astype(np.float32)

@@ -384,6 +384,16 @@ def test_small_ops_match_refs(shape):
     for k in (1, 3, 5):
         np.testing.assert_allclose(K.box_filter_mean_abs(x, k), K.box_filter_mean_abs_ref(x, k),
                                    rtol=1e-6, atol=1e-7)
+    # float32 sums in the kernel (reassociated), float64 in the reference
+    w = rng.standard_normal(C).astype(np.float32)
+    for weights in (None, w):
+        pixel, channel = K.map_stats(x, weights)
+        pixel_ref, channel_ref = K.map_stats_ref(x, weights)
+        np.testing.assert_allclose(pixel, pixel_ref, rtol=1e-5, atol=1e-5 * max(1, C ** 0.5))
+        np.testing.assert_allclose(channel, channel_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(K.map_stats_ref(x)[0], np.abs(x).mean(axis=2), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(K.map_stats_ref(x)[1], K.global_avg_pool_ref(x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(K.map_stats_ref(x, w)[0], x.astype(np.float64) @ w, rtol=1e-5, atol=1e-5)
 
 
 def test_small_ops_validation():
@@ -398,6 +408,10 @@ def test_small_ops_validation():
         K.box_filter_mean_abs(x, 4)
     with pytest.raises(ValueError):
         K.global_avg_pool(x[:, :, 0])
+    with pytest.raises(ValueError):
+        K.map_stats(x, np.zeros(7, np.float32))
+    with pytest.raises(ValueError):
+        K.map_stats(x[:0])
 
 
 # =========================================================================== threads

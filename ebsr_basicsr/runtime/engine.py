@@ -172,34 +172,44 @@ class BinaryUnit(_Op):
         self.channel = ch
 
     # -- input-dependent factors ----------------------------------------------------
-    def _pooled(self, x):
+    def _factors(self, x):
+        """(beta (A, Cin) or None, gamma (A, Cout) or None, spatial map or None).
+
+        On a map (``kind='conv'``) one pass of :func:`map_stats` gives both the per-pixel
+        statistic and the channel means; token rows (``kind='linear'``) pool per row."""
+        sp, ch = self.spatial, self.channel
+        if sp is None and ch is None:
+            return None, None, None
         if self.kind == "conv":
-            return K.global_avg_pool(x)[None]  # (1, C)
-        return x.mean(axis=1, dtype=np.float64).astype(np.float32)  # (A, C)
-
-    def _channel(self, x):
-        """(beta (A, Cin) or None, gamma (A, Cout))."""
-        ch = self.channel
-        pooled = self._pooled(x)
-        if ch["mode"] == "affine":
-            return None, _sigmoid(ch["weight"] * pooled[:, ch["source"]] + ch["bias"])
-        h = np.maximum(pooled @ ch["fc1_w"].T + ch["fc1_b"], 0)
-        out = h @ ch["fc2_w"].T + ch["fc2_b"]
-        return (out[:, self.cout:] if ch["shift"] else None), _sigmoid(out[:, :self.cout])
-
-    def _spatial(self, x):
-        sp = self.spatial
-        if sp["mode"] == "absmean":
-            if self.kind == "conv":
-                return K.box_filter_mean_abs(x, sp["kernel"])
-            return np.abs(x).mean(axis=-1).astype(np.float32)
-        return _sigmoid(x @ sp["weight"] + sp["bias"][0])
+            pixel, pooled = K.map_stats(x, sp["weight"] if sp is not None and sp["mode"] == "conv" else None)
+            pooled = pooled[None]
+        else:
+            pooled = x.mean(axis=1, dtype=np.float64).astype(np.float32)
+            pixel = None
+            if sp is not None:
+                pixel = np.abs(x).mean(axis=-1).astype(np.float32) if sp["mode"] == "absmean" else x @ sp["weight"]
+        spatial = None
+        if sp is not None:
+            if sp["mode"] == "conv":
+                spatial = _sigmoid(pixel + sp["bias"][0])
+            elif self.kind == "conv":  # box filter of mean_c|x| (pixel >= 0, so |pixel| = pixel)
+                spatial = K.box_filter_mean_abs(pixel[:, :, None], sp["kernel"])
+            else:
+                spatial = pixel
+        beta = gamma = None
+        if ch is not None:
+            if ch["mode"] == "affine":
+                gamma = _sigmoid(ch["weight"] * pooled[:, ch["source"]] + ch["bias"])
+            else:
+                h = np.maximum(pooled @ ch["fc1_w"].T + ch["fc1_b"], 0)
+                out = h @ ch["fc2_w"].T + ch["fc2_b"]
+                beta, gamma = (out[:, self.cout:] if ch["shift"] else None), _sigmoid(out[:, :self.cout])
+        return beta, gamma, spatial
 
     # -- the unit -------------------------------------------------------------------
     def __call__(self, x):
-        beta, gamma = self._channel(x) if self.channel is not None else (None, None)
+        beta, gamma, spatial = self._factors(x)
         per_row = gamma is not None and gamma.shape[0] > 1
-        spatial = self._spatial(x) if self.spatial is not None else None
         residual = None
         if self.shortcut == "identity":
             residual = x
