@@ -70,6 +70,9 @@ def save_model(path, header: dict, tensors: dict[str, np.ndarray]) -> int:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a model file is not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
