@@ -43,7 +43,6 @@ class GraphBuilder:
         self.ops: list[dict] = []
         self.tensors: dict[str, np.ndarray] = {}
         self.notes: list[str] = []
-        self._count = 0
 
     def tensor(self, prefix: str, array: np.ndarray) -> str:
         name = f"{prefix}.{len(self.tensors)}"
@@ -51,8 +50,7 @@ class GraphBuilder:
         return name
 
     def emit(self, op: str, inputs: list[str], **attrs) -> str:
-        self._count += 1
-        out = f"v{self._count}"
+        out = f"v{len(self.ops) + 1}"
         self.ops.append({"op": op, "in": inputs, "out": out, **attrs})
         return out
 
