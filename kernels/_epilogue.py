@@ -152,6 +152,21 @@ def shuffle_grouping(O, s):
     return c * s * s + sub
 
 
+def correlate_ref(padded, w, stride=1):
+    """Reference correlation (PyTorch conv2d without padding) of an already padded
+    ``(Hp, Wp, C)`` map with ``(O, C, kh, kw)`` weights, summed in float64 -> ``(Ho, Wo, O)``."""
+    O, C, kh, kw = w.shape
+    padded = np.asarray(padded, np.float64)
+    Ho = (padded.shape[0] - kh) // stride + 1
+    Wo = (padded.shape[1] - kw) // stride + 1
+    acc = np.zeros((Ho, Wo, O), dtype=np.float64)
+    for ky in range(kh):
+        for kx in range(kw):
+            window = padded[ky:ky + stride * (Ho - 1) + 1:stride, kx:kx + stride * (Wo - 1) + 1:stride, :]
+            acc += window @ np.asarray(w[:, :, ky, kx], np.float64).T
+    return acc
+
+
 def epilogue_ref(y, spatial_scale=None, channel_scale=None, residual=None, neg_slope=None,
                  out_shuffle=1, next_shift=None):
     """Reference epilogue on the float32 affine output ``y`` ``(Ho, Wo, O)``; returns the

@@ -19,7 +19,7 @@ dot products are exact.
 import numpy as np
 from numba import njit, prange
 
-from ._epilogue import epilogue_ref, epilogue_rows_nb, prepare_epilogue
+from ._epilogue import correlate_ref, epilogue_ref, epilogue_rows_nb, prepare_epilogue
 from .bitpack import (_check_map, _check_packed_weights, _check_vector, n_words, unpack_signs_ref,
                       unpack_weights, valid_bits_mask, weight_tap_sums)
 from .popcount import TILE_LANES, make_xor_popcount_tile
@@ -44,15 +44,9 @@ def binary_conv2d_ref(x_bits, w_packed, in_channels, kernel_size, stride=1, pad_
     a = unpack_signs_ref(x_bits, in_channels).astype(np.float64)
     w = unpack_weights(w_packed, in_channels, kernel_size, kernel_size).astype(np.float64)
     O = w.shape[0]
-    k, p = kernel_size, kernel_size // 2
+    p = kernel_size // 2
     a = np.pad(a, ((p, p), (p, p), (0, 0)), constant_values=float(pad_value))
-    Ho = (a.shape[0] - k) // stride + 1
-    Wo = (a.shape[1] - k) // stride + 1
-    dot = np.zeros((Ho, Wo, O), dtype=np.float64)
-    for ky in range(k):
-        for kx in range(k):
-            window = a[ky:ky + stride * (Ho - 1) + 1:stride, kx:kx + stride * (Wo - 1) + 1:stride, :]
-            dot += window @ w[:, :, ky, kx].T
+    dot = correlate_ref(a, w, stride)
     mul = np.ones(O, np.float32) if mul is None else np.asarray(mul, np.float32)
     bias = np.zeros(O, np.float32) if bias is None else np.asarray(bias, np.float32)
     y = dot.astype(np.float32) * mul + bias

@@ -25,7 +25,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._epilogue import epilogue_ref, epilogue_rows_nb, prepare_epilogue
+from ._epilogue import correlate_ref, epilogue_ref, epilogue_rows_nb, prepare_epilogue
 from ._vector import make_fma_tile
 from .bitpack import _check_map
 
@@ -40,16 +40,8 @@ _MIN_BAND_PIXELS = 1024
 def conv2d_ref(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuffle=1, residual=None):
     """Reference for :func:`conv2d`: direct correlation with float64 sums, then the epilogue
     (bias, residual, LeakyReLU, PixelShuffle) in float32."""
-    O, C, kh, kw = w.shape
-    p = kh // 2 if padding is None else padding
-    xp = np.pad(x.astype(np.float64), ((p, p), (p, p), (0, 0)))
-    Ho = (xp.shape[0] - kh) // stride + 1
-    Wo = (xp.shape[1] - kw) // stride + 1
-    acc = np.zeros((Ho, Wo, O), dtype=np.float64)
-    for ky in range(kh):
-        for kx in range(kw):
-            window = xp[ky:ky + stride * (Ho - 1) + 1:stride, kx:kx + stride * (Wo - 1) + 1:stride, :]
-            acc += window @ w[:, :, ky, kx].astype(np.float64).T
+    p = w.shape[2] // 2 if padding is None else padding
+    acc = correlate_ref(np.pad(x.astype(np.float64), ((p, p), (p, p), (0, 0))), w, stride)
     y = acc.astype(np.float32)
     if bias is not None:
         y = y + np.asarray(bias, np.float32)
