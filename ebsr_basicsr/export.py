@@ -20,7 +20,7 @@ from torch import nn
 from . import __version__
 from .archs import build_arch
 from .archs.blocks import BinaryResBlock, BinarySRNet, BinaryUnit, BinaryUpStage
-from .archs.scales_swinir_arch import SCALESSwinIR, SwinBlock, SwinStage
+from .archs.scales_swinir_arch import SCALESSwinIR, SwinBlock
 from .kernels import pack_weights
 from .ops.quantizers import RSign
 from .runtime.format import FORMAT_VERSION, save_model
@@ -185,7 +185,6 @@ def _export_swinir(g: GraphBuilder, net: SCALESSwinIR, x: str) -> str:
     feat = g.conv(net.conv_first, h)
     y = feat
     for stage in net.stages:
-        assert isinstance(stage, SwinStage)
         z = y
         for block in stage.blocks:
             z = g.swin_block(block, z)
