@@ -28,6 +28,14 @@ What is replaced and why:
   forked after the main process opened it for validation. Read-only, lock-free
   environments (BasicSR's default for datasets) are therefore shared per path.
 
+One replacement fixes a bug that is not about CUDA and so applies to every run:
+
+* ``BaseModel.model_ema`` averages the parameters of ``net_g`` into ``net_g_ema`` but not
+  its buffers, so the EMA network keeps the BatchNorm running statistics it was built with
+  (mean 0, variance 1). Validation, testing and the ``params_ema`` weights that are saved
+  (and that export prefers) then see un-normalised activations: an E2FIF net scored 19 dB
+  *below* bicubic through its EMA weights. Ours also copies the buffers after each update.
+
 Nothing here is imported by the runtime: it imports torch and basicsr, and is only used by
 ``ebsr_basicsr.train`` / ``ebsr_basicsr.test``.
 """
@@ -150,6 +158,18 @@ def _make_model_to_device(original):
     return model_to_device
 
 
+def _make_model_ema(original):
+    @functools.wraps(original)
+    def model_ema(self, decay=0.999):
+        original(self, decay)
+        ema_buffers = dict(self.net_g_ema.named_buffers())
+        for name, buffer in self.get_bare_model(self.net_g).named_buffers():
+            if name in ema_buffers:
+                ema_buffers[name].data.copy_(buffer.data)
+
+    return model_ema
+
+
 # ------------------------------------------------------------------------------- LMDB
 _LMDB_ENVS: dict = {}
 
@@ -210,6 +230,7 @@ def apply() -> None:
     train_mod.CUDAPrefetcher = _make_prefetcher_class(CUDAPrefetcher, CPUPrefetcher)
     options_mod.init_dist = _make_init_dist(options_mod.init_dist)
     BaseModel.model_to_device = _make_model_to_device(BaseModel.model_to_device)
+    BaseModel.model_ema = _make_model_ema(BaseModel.model_ema)
     file_client_mod.LmdbBackend.__init__ = _shared_lmdb_init
     _APPLIED = True
 
