@@ -46,6 +46,9 @@ VARIANTS = {  # name -> network_g overrides on top of the base option file
     "SCALES spatial=conv": {"type": "SCALESNet", "spatial": "conv"},
     "SCALES channel=None": {"type": "SCALESNet", "channel": None},
     "SCALES channel=mlp": {"type": "SCALESNet", "channel": "mlp"},
+    # the upsampler, the other choice behind the shipped models (quality per runtime ms)
+    "SCALES upsampler=binary": {"type": "SCALESNet", "upsampler": "binary"},
+    "SCALES upsampler=fp": {"type": "SCALESNet", "upsampler": "fp"},
 }
 
 
