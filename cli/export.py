@@ -13,7 +13,8 @@ Examples:
   ebsr-upscale photos/ --model ebsr_x4.ebsr
 
 BasicSR checkpoints hold weights only, so the option file's network_g section rebuilds the
-network. The checkpoint is read with torch.load(weights_only=True); params_ema is preferred.
+network. The checkpoint is read with torch.load(weights_only=True); params_ema is preferred
+unless --param-key says otherwise.
 """
 
 
@@ -38,8 +39,10 @@ def read_network_options(option_file: Path) -> dict:
               help="BasicSR option YAML whose network_g built the checkpoint.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Model file to write. Default: CHECKPOINT with the .ebsr suffix.")
+@click.option("--param-key", type=click.Choice(["params_ema", "params"]), default=None,
+              help="Which weights of the checkpoint to export.  [default: params_ema if present, else params]")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def main(checkpoint: Path, option_file: Path, output: Path | None, quiet: bool) -> None:
+def main(checkpoint: Path, option_file: Path, output: Path | None, param_key: str | None, quiet: bool) -> None:
     """Export CHECKPOINT (a BasicSR .pth) to a bit-packed runtime model file."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     network = read_network_options(option_file)
@@ -49,7 +52,7 @@ def main(checkpoint: Path, option_file: Path, output: Path | None, quiet: bool) 
     from ebsr_basicsr.export import ExportError, export_checkpoint
 
     try:
-        report = export_checkpoint(checkpoint, network, output)
+        report = export_checkpoint(checkpoint, network, output, param_key)
     except (ExportError, ValueError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

@@ -141,6 +141,50 @@ def test_export_refuses_mismatched_options(tmp_path):
     assert result.exit_code == 2 and "no network_g" in result.output
 
 
+def _export_ref_pair(tmp_path, state, network_opt, *args):
+    ckpt = tmp_path / "net_g.pth"
+    torch.save(state, ckpt)
+    opt = tmp_path / "o.yml"
+    opt.write_text(yaml.safe_dump({"network_g": network_opt}))
+    return CliRunner().invoke(export_main, [str(ckpt), "-opt", str(opt), "-o", str(tmp_path / "m.ebsr"), *args])
+
+
+def _runtime_psnr_against(tmp_path, net):
+    bgr = np.ascontiguousarray((photo()[:, :, ::-1] * 255).round().astype(np.uint8))
+    with torch.no_grad():
+        x = torch.from_numpy(bgr[:, :, ::-1].astype(np.float32) / 255).permute(2, 0, 1)[None]
+        ref = np.clip(np.rint(net(x)[0].permute(1, 2, 0).numpy() * 255), 0, 255).astype(np.uint8)[:, :, ::-1]
+    return psnr_uint8(Engine.load(tmp_path / "m.ebsr").upscale(bgr), ref)
+
+
+def test_export_repairs_ema_batchnorm_statistics(tmp_path, caplog):
+    """A params_ema written by BasicSR's EMA without the buffer fix has BatchNorm statistics
+    at their init values; export takes them from params instead."""
+    network_opt = {"type": "E2FIFNet", "upscale": 2, **SMALL["E2FIFNet"]}
+    net = train_a_few_steps(build_arch(network_opt), 2)
+    trained = net.state_dict()
+    stale = {k: (torch.zeros_like(v) if k.endswith(("running_mean", "num_batches_tracked"))
+                 else torch.ones_like(v) if k.endswith("running_var") else v) for k, v in trained.items()}
+    assert any(k.endswith("num_batches_tracked") for k in stale)
+    with caplog.at_level("WARNING"):
+        result = _export_ref_pair(tmp_path, {"params": trained, "params_ema": stale}, network_opt)
+    assert result.exit_code == 0, result.output
+    assert "untrained statistics" in caplog.text
+    assert _runtime_psnr_against(tmp_path, net) >= 50
+
+
+def test_export_param_key(tmp_path):
+    network_opt = {"type": "SCALESNet", "upscale": 2, **SMALL["SCALESNet"]}
+    net = train_a_few_steps(build_arch(network_opt), 2)
+    other = {k: v * 0 for k, v in net.state_dict().items()}
+    result = _export_ref_pair(tmp_path, {"params": net.state_dict(), "params_ema": other}, network_opt,
+                              "--param-key", "params")
+    assert result.exit_code == 0, result.output
+    assert _runtime_psnr_against(tmp_path, net) >= 50
+    result = _export_ref_pair(tmp_path, {"params": net.state_dict()}, network_opt, "--param-key", "params_ema")
+    assert result.exit_code == 1 and "has no 'params_ema' weights (it has: params)" in result.output
+
+
 # ------------------------------------------------------------------ the file format
 @pytest.fixture
 def good_file(tmp_path):
