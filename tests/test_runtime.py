@@ -141,7 +141,7 @@ def test_export_refuses_mismatched_options(tmp_path):
     assert result.exit_code == 2 and "no network_g" in result.output
 
 
-def _export_ref_pair(tmp_path, state, network_opt, *args):
+def _export_state_via_cli(tmp_path, state, network_opt, *args):
     ckpt = tmp_path / "net_g.pth"
     torch.save(state, ckpt)
     opt = tmp_path / "o.yml"
@@ -167,7 +167,7 @@ def test_export_repairs_ema_batchnorm_statistics(tmp_path, caplog):
                  else torch.ones_like(v) if k.endswith("running_var") else v) for k, v in trained.items()}
     assert any(k.endswith("num_batches_tracked") for k in stale)
     with caplog.at_level("WARNING"):
-        result = _export_ref_pair(tmp_path, {"params": trained, "params_ema": stale}, network_opt)
+        result = _export_state_via_cli(tmp_path, {"params": trained, "params_ema": stale}, network_opt)
     assert result.exit_code == 0, result.output
     assert "untrained statistics" in caplog.text
     assert _runtime_psnr_against(tmp_path, net) >= 50
@@ -177,11 +177,11 @@ def test_export_param_key(tmp_path):
     network_opt = {"type": "SCALESNet", "upscale": 2, **SMALL["SCALESNet"]}
     net = train_a_few_steps(build_arch(network_opt), 2)
     other = {k: v * 0 for k, v in net.state_dict().items()}
-    result = _export_ref_pair(tmp_path, {"params": net.state_dict(), "params_ema": other}, network_opt,
+    result = _export_state_via_cli(tmp_path, {"params": net.state_dict(), "params_ema": other}, network_opt,
                               "--param-key", "params")
     assert result.exit_code == 0, result.output
     assert _runtime_psnr_against(tmp_path, net) >= 50
-    result = _export_ref_pair(tmp_path, {"params": net.state_dict()}, network_opt, "--param-key", "params_ema")
+    result = _export_state_via_cli(tmp_path, {"params": net.state_dict()}, network_opt, "--param-key", "params_ema")
     assert result.exit_code == 1 and "has no 'params_ema' weights (it has: params)" in result.output
 
 
