@@ -191,6 +191,20 @@ def box_filter_mean_abs_ref(x, k):
 
 
 @njit(cache=True, fastmath=False, parallel=True)
+def _row_box_sums_nb(m, p, out):
+    """``out[h, w] = sum_{|d| <= p} m[h, w + d]`` over the in-range columns (zero padding)."""
+    H, W = m.shape
+    for h in prange(H):
+        for w in range(W):
+            t = 0.0
+            for d in range(-p, p + 1):
+                if 0 <= w + d < W:
+                    t += m[h, w + d]
+            out[h, w] = t
+    return out
+
+
+@njit(cache=True, fastmath=False, parallel=True)
 def _box_filter_mean_abs_nb(x, k, out):
     H, W, C = x.shape
     p = k // 2
@@ -201,25 +215,13 @@ def _box_filter_mean_abs_nb(x, k, out):
             for c in range(C):
                 t += abs(x[h, w, c])
             m[h, w] = t / C
-    # horizontal box sums, then vertical
-    hs = np.empty((H, W), dtype=np.float64)
-    for h in prange(H):
-        for w in range(W):
-            t = 0.0
-            for dx in range(-p, p + 1):
-                ww = w + dx
-                if 0 <= ww < W:
-                    t += m[h, ww]
-            hs[h, w] = t
+    # horizontal box sums, then the same along columns (on the transpose)
+    hs = _row_box_sums_nb(m, p, np.empty((H, W), dtype=np.float64))
+    box = _row_box_sums_nb(np.ascontiguousarray(hs.T), p, np.empty((W, H), dtype=np.float64))
     inv = 1.0 / (k * k)
     for h in prange(H):
         for w in range(W):
-            t = 0.0
-            for dy in range(-p, p + 1):
-                hh = h + dy
-                if 0 <= hh < H:
-                    t += hs[hh, w]
-            out[h, w] = t * inv
+            out[h, w] = box[w, h] * inv
     return out
 
 
