@@ -16,8 +16,8 @@ API (maps are float32 NHWC without N, ``(H, W, C)``):
   next_shift, tap_sums, out, bits_out) -> out`` or ``(out, bits)``
 * ``conv2d(x, w, bias=None, *, stride, padding, neg_slope, out_shuffle, residual,
   w_matrix, out)``; ``conv_weight_matrix(w)``
-* ``pixel_shuffle``, ``resize_bilinear``, ``resize_nearest``, ``global_avg_pool``,
-  ``box_filter_mean_abs``; ``empty_aligned`` (output buffers for streaming stores)
+* ``pixel_shuffle``, ``resize_bilinear``, ``resize_nearest``, ``map_stats`` (per-pixel
+  statistic and channel means in one pass), ``box_filter_mean_abs``; ``empty_aligned`` (output buffers for streaming stores)
 
 Threads: the parallel kernels use Numba's thread pool. :func:`set_num_threads` sets it (and,
 best effort, the thread count of NumPy's bundled OpenBLAS that runs the FP GEMMs); the
@@ -44,8 +44,7 @@ from .bitpack import (n_words, pack_signs, pack_signs_ref, pack_weights, pack_we
 from .bconv import binary_conv2d, binary_conv2d_ref
 from ._epilogue import empty_aligned
 from .fpconv import conv2d, conv2d_ref, conv_weight_matrix
-from .ops import (box_filter_mean_abs, box_filter_mean_abs_ref, global_avg_pool, global_avg_pool_ref,
-                  map_stats, map_stats_ref,
+from .ops import (box_filter_mean_abs, box_filter_mean_abs_ref, map_stats, map_stats_ref,
                   pixel_shuffle, pixel_shuffle_ref, pixel_unshuffle_ref, resize_bilinear, resize_bilinear_ref,
                   resize_nearest, resize_nearest_ref)
 from .popcount import popcount_ref
@@ -59,8 +58,7 @@ __all__ = [
     "conv2d", "conv2d_ref", "conv_weight_matrix", "empty_aligned",
     "pixel_shuffle", "pixel_shuffle_ref", "pixel_unshuffle_ref",
     "resize_bilinear", "resize_bilinear_ref", "resize_nearest", "resize_nearest_ref",
-    "global_avg_pool", "global_avg_pool_ref", "box_filter_mean_abs", "box_filter_mean_abs_ref",
-    "map_stats", "map_stats_ref",
+    "box_filter_mean_abs", "box_filter_mean_abs_ref", "map_stats", "map_stats_ref",
     "popcount_ref",
 ]
 

@@ -11,8 +11,7 @@ from .bitpack import _check_map
 __all__ = [
     "pixel_shuffle", "pixel_shuffle_ref", "pixel_unshuffle_ref",
     "resize_bilinear", "resize_bilinear_ref", "resize_nearest", "resize_nearest_ref",
-    "global_avg_pool", "global_avg_pool_ref", "box_filter_mean_abs", "box_filter_mean_abs_ref",
-    "map_stats", "map_stats_ref",
+    "box_filter_mean_abs", "box_filter_mean_abs_ref", "map_stats", "map_stats_ref",
 ]
 
 
@@ -148,34 +147,6 @@ def resize_nearest(x, s):
 
 
 # --------------------------------------------------------------------------- pooling
-def global_avg_pool_ref(x):
-    """Reference: mean over all pixels of ``(H, W, C)`` -> float32 ``(C,)``."""
-    return x.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
-
-
-@njit(cache=True, fastmath=False, parallel=True)
-def _row_sums_nb(x, sums):
-    H, W, C = x.shape
-    for h in prange(H):
-        for c in range(C):
-            sums[h, c] = 0.0
-        for w in range(W):
-            for c in range(C):
-                sums[h, c] += x[h, w, c]
-    return sums
-
-
-def global_avg_pool(x):
-    """Mean over all pixels of a float32 ``(H, W, C)`` map -> float32 ``(C,)`` (float64
-    accumulation)."""
-    x = _check_map(x, "x")
-    H, W, C = x.shape
-    if H * W == 0:
-        raise ValueError("global_avg_pool of an empty map")
-    sums = _row_sums_nb(x, np.empty((H, C), dtype=np.float64))
-    return (sums.sum(axis=0) / (H * W)).astype(np.float32)
-
-
 def box_filter_mean_abs_ref(x, k):
     """Reference: ``m = mean_c |x|`` then the ``k x k`` mean with zero padding ``k // 2``
     counting the padding (``avg_pool2d(m, k, 1, k // 2, count_include_pad=True)``) -> (H, W)."""
