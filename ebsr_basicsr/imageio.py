@@ -30,6 +30,8 @@ from typing import Iterable, Optional, Tuple, Union
 import cv2
 import numpy as np
 
+from ._files import file_mode
+
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -345,18 +347,6 @@ def encode_image(img: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:
     if not ok:
         raise ImageWriteError(f"cannot encode {fmt.upper()}")
     return buf.tobytes()
-
-
-_UMASK = None
-
-
-def file_mode() -> int:
-    """Permissions for a new file under the current umask (temporary files are 0600)."""
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return 0o666 & ~_UMASK
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:

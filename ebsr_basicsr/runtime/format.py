@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import file_mode
+
 MAGIC = b"EBSRMODL"
 FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sIQ")
@@ -70,9 +72,7 @@ def save_model(path, header: dict, tensors: dict[str, np.ndarray]) -> int:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a model file is not
+        os.chmod(tmp, file_mode())  # mkstemp makes it private; a model file is not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
