@@ -64,6 +64,14 @@ def pixel_shuffle(x, s):
 
 
 # --------------------------------------------------------------------------- resizing
+def _upscale_args(x, s):
+    """Validated ``x`` and ``s`` and the float32 ``(H*s, W*s, C)`` output of a resize."""
+    x = _check_map(x, "x")
+    s = _check_scale(s)
+    H, W, C = x.shape
+    return x, s, np.empty((H * s, W * s, C), dtype=np.float32)
+
+
 def _bilinear_axis(n_in, s):
     """Source indices and weights of PyTorch's bilinear resize (align_corners=False) along
     one axis upscaled by the integer ``s``: ``(i0, i1, w0, w1)`` of length ``n_in * s``."""
@@ -108,13 +116,10 @@ def _resize_bilinear_nb(x, y0, y1, hy0, hy1, x0, x1, wx0, wx1, out):
 def resize_bilinear(x, s):
     """Bilinear upscaling of a float32 ``(H, W, C)`` map by the integer ``s`` ->
     ``(H*s, W*s, C)``, as PyTorch ``interpolate(mode='bilinear', align_corners=False)``."""
-    x = _check_map(x, "x")
-    s = _check_scale(s)
-    H, W, C = x.shape
-    out = np.empty((H * s, W * s, C), dtype=np.float32)
+    x, s, out = _upscale_args(x, s)
     if out.size == 0:
         return out
-    return _resize_bilinear_nb(x, *_bilinear_axis(H, s), *_bilinear_axis(W, s), out)
+    return _resize_bilinear_nb(x, *_bilinear_axis(x.shape[0], s), *_bilinear_axis(x.shape[1], s), out)
 
 
 def resize_nearest_ref(x, s):
@@ -137,10 +142,7 @@ def _resize_nearest_nb(x, s, out):
 def resize_nearest(x, s):
     """Nearest-neighbour upscaling of a float32 ``(H, W, C)`` map by the integer ``s``
     (``out[y, x] = in[y // s, x // s]``, as PyTorch ``interpolate(mode='nearest')``)."""
-    x = _check_map(x, "x")
-    s = _check_scale(s)
-    H, W, C = x.shape
-    out = np.empty((H * s, W * s, C), dtype=np.float32)
+    x, s, out = _upscale_args(x, s)
     if out.size == 0:
         return out
     return _resize_nearest_nb(x, s, out)
