@@ -245,3 +245,4 @@ def setup() -> None:
     register = getattr(archs, "register_with_basicsr", None)
     if register is not None:  # no-op when the import hook has registered them already
         register()
+    importlib.import_module("ebsr_basicsr.distill").register_with_basicsr()
