@@ -28,7 +28,12 @@ What is replaced and why:
   forked after the main process opened it for validation. Read-only, lock-free
   environments (BasicSR's default for datasets) are therefore shared per path.
 
-One replacement fixes a bug that is not about CUDA and so applies to every run:
+Two replacements are not about CUDA and so apply to every run:
+
+* ``basicsr.train.check_resume``: on resume it points every ``network_*`` at the run's own
+  ``net_*_<iter>.pth`` and switches every ``param_key*`` to ``params``. A distillation
+  teacher (``network_teacher``, see ``ebsr_basicsr.distill``) is never trained or saved by
+  the run, so it keeps its ``pretrain_network_teacher`` and ``param_key_teacher``.
 
 * ``BaseModel.model_ema`` averages the parameters of ``net_g`` into ``net_g_ema`` but not
   its buffers, so the EMA network keeps the BatchNorm running statistics it was built with
@@ -199,6 +204,29 @@ def _shared_lmdb_init(self, db_paths, client_keys="default", readonly=True, lock
         self._client[key] = env
 
 
+# ------------------------------------------------------------------ frozen teacher
+def _make_check_resume(original):
+    @functools.wraps(original)
+    def check_resume(opt, resume_iter):
+        path = opt["path"]
+        if "network_teacher" not in opt or not path.get("resume_state"):
+            return original(opt, resume_iter)
+        ignored = path.get("ignore_resume_networks")
+        key = path.get("param_key_teacher")
+        path["ignore_resume_networks"] = [*(ignored or []), "network_teacher"]
+        try:
+            original(opt, resume_iter)
+        finally:
+            if ignored is None:
+                del path["ignore_resume_networks"]
+            else:
+                path["ignore_resume_networks"] = ignored
+            if key is not None:
+                path["param_key_teacher"] = key
+
+    return check_resume
+
+
 # ---------------------------------------------------------------------- option file
 def check_option_file(argv) -> None:
     """Exit with a clear message when ``-opt`` names no file. (BasicSR would parse the
@@ -227,6 +255,7 @@ def apply() -> None:
     from basicsr.models.base_model import BaseModel
 
     train_mod.load_resume_state = load_resume_state
+    train_mod.check_resume = _make_check_resume(train_mod.check_resume)
     train_mod.CUDAPrefetcher = _make_prefetcher_class(CUDAPrefetcher, CPUPrefetcher)
     options_mod.init_dist = _make_init_dist(options_mod.init_dist)
     BaseModel.model_to_device = _make_model_to_device(BaseModel.model_to_device)

@@ -92,3 +92,23 @@ def test_missing_teacher_is_a_clear_error(tmp_path, teacher_checkpoint):
     path, _ = teacher_checkpoint
     with pytest.raises(ExportError, match="no 'params_ema' weights"):
         _build(_opt(str(path), param_key_teacher="params_ema"))
+
+
+def test_resuming_keeps_the_teacher_checkpoint():
+    """BasicSR's check_resume repoints every network_* at the run's own checkpoints and
+    switches param keys to params; the teacher is not the run's to resume."""
+    from ebsr_basicsr import _basicsr_compat
+
+    _basicsr_compat.setup()
+    import basicsr.train
+
+    opt = _opt("teacher.pth", param_key_teacher="params_ema", param_key_g="params_ema",
+               pretrain_network_g="start.pth", models="exp/models")
+    opt["path"]["resume_state"] = "exp/training_states/500.state"
+    basicsr.train.check_resume(opt, 500)
+    path = opt["path"]
+    assert path["pretrain_network_g"].replace("\\", "/") == "exp/models/net_g_500.pth"
+    assert path["param_key_g"] == "params"
+    assert path["pretrain_network_teacher"] == "teacher.pth"
+    assert path["param_key_teacher"] == "params_ema"
+    assert "ignore_resume_networks" not in path

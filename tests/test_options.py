@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTION_FILES = sorted((ROOT / "options").rglob("*.yml"))
-SECTION_ORDER = ["name", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "network_g",
+SECTION_ORDER = ["name", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "network_g", "network_teacher",
                  "path", "train", "val", "logger", "dist_params"]
 OUR_ARCHS = {"BNNSR", "E2FIFNet", "EBSRNet", "SCALESNet", "SCALESSwinIR"}
 
@@ -73,6 +73,13 @@ def test_option_file(path, basicsr_env):
     assert net_opt.get("upscale", opt["scale"]) == opt["scale"]
     net = build_network(dict(opt["network_g"]))
     assert sum(p.numel() for p in net.parameters()) > 0
+    if opt["model_type"] == "DistillSRModel":  # the teacher is built the same way
+        assert opt["path"]["pretrain_network_teacher"] and opt["train"]["distill_opt"]["type"]
+        teacher = build_network(dict(opt["network_teacher"]))
+        assert opt["network_teacher"].get("upscale", opt["scale"]) == opt["scale"]
+        assert sum(p.numel() for p in teacher.parameters()) > 0
+    else:
+        assert "network_teacher" not in opt
 
     # datasets and metrics as BasicSR's SRModel expects them
     is_train = "train" in opt
