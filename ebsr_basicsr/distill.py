@@ -2,8 +2,9 @@
 
 ``model_type: DistillSRModel`` is BasicSR's ``SRModel`` plus one loss: the student's output
 is pulled towards the output of a trained, frozen teacher (typically a full-precision net
-such as BasicSR's ``EDSR``) on the same LR patch. An FP teacher trains far faster than a
-binary net, and its outputs are a smoother target than the HR patch alone. Everything else
+such as BasicSR's ``EDSR``) on the same LR patch. It can only help when the teacher is clearly
+better than the student: an FP net of a few hundred thousand iterations, not one of the
+student's own budget (the README measures both). Everything else
 (validation, EMA, checkpoints, resuming, ``net_g`` export) is ``SRModel``'s; the teacher is
 never saved, it is rebuilt from its own checkpoint when a run resumes. Option keys::
 
