@@ -17,7 +17,8 @@ API (maps are float32 NHWC without N, ``(H, W, C)``):
 * ``conv2d(x, w, bias=None, *, stride, padding, neg_slope, out_shuffle, residual,
   w_matrix, out)``; ``conv_weight_matrix(w)``
 * ``pixel_shuffle``, ``resize_bilinear``, ``resize_nearest``, ``map_stats`` (per-pixel
-  statistic and channel means in one pass), ``box_filter_mean_abs``; ``empty_aligned`` (output buffers for streaming stores)
+  statistic and channel means in one pass), ``box_filter_mean_abs``; ``empty_aligned``
+  (output buffers for streaming stores)
 
 Threads: the parallel kernels use Numba's thread pool. :func:`set_num_threads` sets it (and,
 best effort, the thread count of NumPy's bundled OpenBLAS that runs the FP GEMMs); the

@@ -57,17 +57,31 @@ def psnr_uint8(a, b):
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
-def export_via_cli(tmp_path, net, network_opt):
+def export_state_via_cli(tmp_path, state, network_opt, *args):
+    """Save ``state`` as a checkpoint and run ``ebsr-export`` on it into ``tmp_path/model.ebsr``."""
     ckpt = tmp_path / "net_g.pth"
-    state = {f"module.{k}": v for k, v in net.state_dict().items()}  # as a DDP-trained checkpoint
-    torch.save({"params": {k: v * 0 for k, v in state.items()}, "params_ema": state}, ckpt)
+    torch.save(state, ckpt)
     opt_file = tmp_path / "opt.yml"
     opt_file.write_text(yaml.safe_dump({"name": "t", "network_g": network_opt}))
-    model = tmp_path / "model.ebsr"
-    result = CliRunner().invoke(export_main, [str(ckpt), "-opt", str(opt_file), "-o", str(model)])
+    return CliRunner().invoke(export_main, [str(ckpt), "-opt", str(opt_file), "-o", str(tmp_path / "model.ebsr"),
+                                            *args])
+
+
+def export_via_cli(tmp_path, net, network_opt):
+    state = {f"module.{k}": v for k, v in net.state_dict().items()}  # as a DDP-trained checkpoint
+    result = export_state_via_cli(tmp_path, {"params": {k: v * 0 for k, v in state.items()}, "params_ema": state},
+                                  network_opt)
     assert result.exit_code == 0, result.output
     assert "smaller than its FP32 weights" in result.output
-    return model
+    return tmp_path / "model.ebsr"
+
+
+def torch_reference(net, bgr):
+    """``net``'s eval output for a uint8 BGR image: the float RGB map and the uint8 BGR image."""
+    with torch.no_grad():
+        x = torch.from_numpy(bgr[:, :, ::-1].astype(np.float32) / 255).permute(2, 0, 1)[None]
+        ref_float = net(x)[0].permute(1, 2, 0).numpy()
+    return ref_float, np.clip(np.rint(ref_float * 255), 0, 255).astype(np.uint8)[:, :, ::-1]
 
 
 @pytest.mark.parametrize("scale", [2, 4])
@@ -81,10 +95,7 @@ def test_exported_model_matches_pytorch_eval(tmp_path, name, scale):
     lr = photo()
     bgr = np.ascontiguousarray((lr[:, :, ::-1] * 255).round().astype(np.uint8))
     ours = engine.upscale(bgr)
-    with torch.no_grad():
-        x = torch.from_numpy(bgr[:, :, ::-1].astype(np.float32) / 255).permute(2, 0, 1)[None]
-        ref_float = net(x)[0].permute(1, 2, 0).numpy()
-    ref = np.clip(np.rint(ref_float * 255), 0, 255).astype(np.uint8)[:, :, ::-1]
+    ref_float, ref = torch_reference(net, bgr)
     assert ours.shape == ref.shape == (lr.shape[0] * scale, lr.shape[1] * scale, 3)
     assert psnr_uint8(ours, ref) >= 50
     # the float outputs agree closely too
@@ -141,20 +152,9 @@ def test_export_refuses_mismatched_options(tmp_path):
     assert result.exit_code == 2 and "no network_g" in result.output
 
 
-def _export_state_via_cli(tmp_path, state, network_opt, *args):
-    ckpt = tmp_path / "net_g.pth"
-    torch.save(state, ckpt)
-    opt = tmp_path / "o.yml"
-    opt.write_text(yaml.safe_dump({"network_g": network_opt}))
-    return CliRunner().invoke(export_main, [str(ckpt), "-opt", str(opt), "-o", str(tmp_path / "m.ebsr"), *args])
-
-
 def _runtime_psnr_against(tmp_path, net):
     bgr = np.ascontiguousarray((photo()[:, :, ::-1] * 255).round().astype(np.uint8))
-    with torch.no_grad():
-        x = torch.from_numpy(bgr[:, :, ::-1].astype(np.float32) / 255).permute(2, 0, 1)[None]
-        ref = np.clip(np.rint(net(x)[0].permute(1, 2, 0).numpy() * 255), 0, 255).astype(np.uint8)[:, :, ::-1]
-    return psnr_uint8(Engine.load(tmp_path / "m.ebsr").upscale(bgr), ref)
+    return psnr_uint8(Engine.load(tmp_path / "model.ebsr").upscale(bgr), torch_reference(net, bgr)[1])
 
 
 def test_export_repairs_ema_batchnorm_statistics(tmp_path, caplog):
@@ -167,7 +167,7 @@ def test_export_repairs_ema_batchnorm_statistics(tmp_path, caplog):
                  else torch.ones_like(v) if k.endswith("running_var") else v) for k, v in trained.items()}
     assert any(k.endswith("num_batches_tracked") for k in stale)
     with caplog.at_level("WARNING"):
-        result = _export_state_via_cli(tmp_path, {"params": trained, "params_ema": stale}, network_opt)
+        result = export_state_via_cli(tmp_path, {"params": trained, "params_ema": stale}, network_opt)
     assert result.exit_code == 0, result.output
     assert "untrained statistics" in caplog.text
     assert _runtime_psnr_against(tmp_path, net) >= 50
@@ -177,11 +177,11 @@ def test_export_param_key(tmp_path):
     network_opt = {"type": "SCALESNet", "upscale": 2, **SMALL["SCALESNet"]}
     net = train_a_few_steps(build_arch(network_opt), 2)
     other = {k: v * 0 for k, v in net.state_dict().items()}
-    result = _export_state_via_cli(tmp_path, {"params": net.state_dict(), "params_ema": other}, network_opt,
-                              "--param-key", "params")
+    result = export_state_via_cli(tmp_path, {"params": net.state_dict(), "params_ema": other}, network_opt,
+                                  "--param-key", "params")
     assert result.exit_code == 0, result.output
     assert _runtime_psnr_against(tmp_path, net) >= 50
-    result = _export_state_via_cli(tmp_path, {"params": net.state_dict()}, network_opt, "--param-key", "params_ema")
+    result = export_state_via_cli(tmp_path, {"params": net.state_dict()}, network_opt, "--param-key", "params_ema")
     assert result.exit_code == 1 and "has no 'params_ema' weights (it has: params)" in result.output
 
 
