@@ -171,7 +171,7 @@ def _export_cnn(g: GraphBuilder, net: BinarySRNet, x: str) -> str:
     y = feat
     for block in net.body:
         y = g.res_block(block, y)
-    y = g.conv(net.conv_after_body, y, residual=feat)
+    y = g.emit("add", [y, feat]) if net.conv_after_body is None else g.conv(net.conv_after_body, y, residual=feat)
     y = g.upsampler(net.upsample, y)
     if net.image_skip:
         return g.emit("denormalize", [y, x], range=net.img_range, skip=net.image_skip, scale=net.upscale)
