@@ -1,6 +1,6 @@
 """Executes an exported model with the bitwise kernels: NumPy + Numba only.
 
-A model is a list of ops (see ``ebsr_basicsr.export``) over named NHWC float32 maps of one
+A model is a list of ops (see ``ebsr_basicsr.training.export``) over named NHWC float32 maps of one
 image. Each op kind is a small class that prepares its arrays once at load (``__init__``)
 and runs in ``__call__``. Binary units pack their input to bits (``x - shift < 0``), run
 the XNOR/popcount convolution with every per-channel factor folded into ``mul``/``bias``,

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .archs import build_arch
-from .archs.blocks import BinaryResBlock, BinarySRNet, BinaryUnit, BinaryUpStage
-from .archs.scales_swinir_arch import SCALESSwinIR, SwinBlock
-from .kernels import pack_weights
-from .ops.quantizers import RSign
-from .runtime.format import FORMAT_VERSION, save_model
+from .. import __version__
+from ..archs import build_arch
+from ..archs.blocks import BinaryResBlock, BinarySRNet, BinaryUnit, BinaryUpStage
+from ..archs.scales_swinir_arch import SCALESSwinIR, SwinBlock
+from ..kernels import pack_weights
+from ..ops.quantizers import RSign
+from ..runtime.format import FORMAT_VERSION, save_model
 
 logger = logging.getLogger(__name__)
 
