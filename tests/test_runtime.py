@@ -152,6 +152,13 @@ def test_export_refuses_mismatched_options(tmp_path):
     assert result.exit_code == 2 and "no network_g" in result.output
 
 
+def test_export_reports_unreadable_checkpoints_as_export_errors(tmp_path):
+    from ebsr_basicsr.training.export import ExportError, build_from_checkpoint
+
+    with pytest.raises(ExportError, match="missing.pth: no such file"):
+        build_from_checkpoint(tmp_path / "missing.pth", {"type": "EBSRNet", "upscale": 2, "num_feat": 8})
+
+
 def _runtime_psnr_against(tmp_path, net):
     bgr = np.ascontiguousarray((photo()[:, :, ::-1] * 255).round().astype(np.uint8))
     return psnr_uint8(Engine.load(tmp_path / "model.ebsr").upscale(bgr), torch_reference(net, bgr)[1])
