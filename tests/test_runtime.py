@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ebsr_basicsr.runtime import Engine, ModelFileError
-from ebsr_basicsr.runtime.engine import gelu, gelu_ref
+from ebsr_basicsr.runtime.swin import gelu, gelu_ref
 from ebsr_basicsr.runtime.format import decode_model, encode_model, load_model, save_model
 
 torch = pytest.importorskip("torch")
