@@ -721,7 +721,7 @@ def model_file(tmp_path_factory):
     """A runtime model file: $EBSR_TEST_MODEL, else an embedded model, else a tiny freshly
     exported one; skips while ebsr_basicsr.runtime cannot be imported."""
     try:
-        import ebsr_basicsr.runtime  # noqa: F401
+        import ebsr_basicsr.runtime.engine  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"ebsr_basicsr.runtime is not importable yet ({exc}); end-to-end tests need the real Engine")
     env = os.environ.get("EBSR_TEST_MODEL")

@@ -21,8 +21,8 @@ from .. import __version__
 from ..archs import build_arch
 from ..archs.blocks import BinaryResBlock, BinarySRNet, BinaryUnit, BinaryUpStage
 from ..archs.scales_swinir_arch import SCALESSwinIR, SwinBlock
-from ..kernels import pack_weights
 from ..ops.quantizers import RSign
+from ..packing import pack_weights
 from ..runtime.format import FORMAT_VERSION, save_model
 from .checkpoint import CheckpointError, load_state_dict
 
