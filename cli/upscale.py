@@ -1,7 +1,7 @@
 """``ebsr-upscale``: upscale images, folders and videos with a binary super-resolution model.
 
-A thin click layer over :mod:`ebsr_basicsr.upscale.batch`; no torch, no basicsr. The library modules
-are imported inside :func:`main` so that ``--help`` stays instant.
+A thin click layer over :mod:`ebsr_basicsr.upscale.batch`; no torch, no basicsr. The library
+modules are imported inside :func:`main` so that ``--help`` stays instant.
 """
 from __future__ import annotations
 
