@@ -42,7 +42,7 @@ def make_model(arch: str, upsampler: str, scale: int, out: Path):
     import torch
 
     from ebsr_basicsr.archs import build_arch
-    from ebsr_basicsr.export import export_network
+    from ebsr_basicsr.training.export import export_network
     from ebsr_basicsr.runtime.format import save_model
 
     torch.manual_seed(0)

@@ -72,7 +72,7 @@ def batches(opt: dict, n: int, seed: int = 0):
     """``n`` training batches drawn by the option file's own train dataset."""
     from basicsr.data import build_dataset
 
-    from ebsr_basicsr import _basicsr_compat
+    from ebsr_basicsr.training import _basicsr_compat
 
     _basicsr_compat.setup()
     ds_opt = copy.deepcopy(opt["datasets"]["train"])

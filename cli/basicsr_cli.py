@@ -17,9 +17,9 @@ def _forward(subcommand, args):
     # BasicSR's parse_options reads sys.argv itself; make its usage line say what was run.
     sys.argv = [f"basicsr {subcommand}", *args]
     if subcommand == "train":
-        from ebsr_basicsr.train import main as run
+        from ebsr_basicsr.training.train import main as run
     else:
-        from ebsr_basicsr.test import main as run
+        from ebsr_basicsr.training.test import main as run
     run()
 
 

@@ -49,7 +49,7 @@ def main(checkpoint: Path, option_file: Path, output: Path | None, param_key: st
     output = output or checkpoint.with_suffix(".ebsr")
     if output.resolve() == checkpoint.resolve():
         raise click.BadParameter("the output would overwrite the checkpoint", param_hint="-o")
-    from ebsr_basicsr.export import ExportError, export_checkpoint
+    from ebsr_basicsr.training.export import ExportError, export_checkpoint
 
     try:
         report = export_checkpoint(checkpoint, network, output, param_key)

@@ -1,7 +1,7 @@
 """``ebsr-upscale``: upscale images, folders and videos with a binary super-resolution model.
 
-A thin click layer over :mod:`ebsr_basicsr.batch`; no torch, no basicsr. The library modules
-are imported inside :func:`main` so that ``--help`` stays instant.
+A thin click layer over :mod:`ebsr_basicsr.upscale.batch`; no torch, no basicsr. The library
+modules are imported inside :func:`main` so that ``--help`` stays instant.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def _setup_logging(quiet: bool, verbose: bool) -> int:
 
 def _load_model(model: Path, verbose: bool):
     """Load the engine or exit 1 with one line naming the file."""
-    from ebsr_basicsr import batch
+    from ebsr_basicsr.upscale import batch
     try:
         return batch.load_engine(model)
     except ImportError as exc:
@@ -155,7 +155,7 @@ def main(ctx, inputs, outdir, scale, model, tile, tile_pad, suffix, ext, jpeg_qu
         raise click.BadParameter("must not contain a path separator", param_hint="--suffix")
     level = _setup_logging(quiet, verbose)
 
-    from ebsr_basicsr import batch
+    from ebsr_basicsr.upscale import batch
     from ebsr_basicsr.weights import NoDefaultModel, default_model_path
 
     scale = int(scale)

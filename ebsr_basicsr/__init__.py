@@ -57,7 +57,7 @@ elif not any(isinstance(f, _RegisterWhenBasicsrLoads) for f in sys.meta_path):
 
 def __getattr__(name):
     if name == "count_complexity":
-        from .complexity import count_complexity
+        from .training.complexity import count_complexity
 
         return count_complexity
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

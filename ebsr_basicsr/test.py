@@ -1,27 +1,8 @@
-"""Test (evaluate) a trained model with BasicSR's own test pipeline.
+"""``python -m ebsr_basicsr.test``: BasicSR's test pipeline with this plugin's networks.
 
-    python -m ebsr_basicsr.test -opt options/test/EBSRNet/test_EBSRNet_x4.yml
-
-(also available as ``basicsr test ...``). PSNR/SSIM are logged and ``results/<name>/``
-is created under the current directory.
+Kept at this path for the command line; the code is :mod:`ebsr_basicsr.training.test`.
 """
-import os
-import sys
-
-
-def main(argv=None):
-    """Run ``basicsr.test.test_pipeline``; ``argv`` (without the program name) replaces
-    ``sys.argv[1:]`` when given."""
-    from ebsr_basicsr import _basicsr_compat
-
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    _basicsr_compat.check_option_file(sys.argv[1:])
-    _basicsr_compat.setup()
-    from basicsr.test import test_pipeline
-
-    test_pipeline(os.getcwd())
-
+from .training.test import main
 
 if __name__ == "__main__":
     main()

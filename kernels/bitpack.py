@@ -18,10 +18,15 @@ Conventions of the whole ``ebsr_basicsr.kernels`` package
   output channel innermost, so a binary conv loads 8 consecutive output channels of one
   (tap, channel word) as one 512-bit vector. ``w_packed[ky, kx, cw, o]`` holds the signs of
   ``w[o, 64*cw : 64*cw + 64, ky, kx]`` of a PyTorch ``(O, C, kh, kw)`` weight.
+
+The NumPy packing along channels and ``pack_weights`` live in ``ebsr_basicsr.packing`` (no
+Numba), which the exporter shares; this module adds the jitted packing of activations and
+the references.
 """
 import numpy as np
 from numba import njit, prange
 
+from ..packing import n_words, pack_bool_last_axis, pack_weights, unpack_bits_last_axis, valid_bits_mask
 from .popcount import make_neg_bits64, popcount_ref
 
 __all__ = [
@@ -35,50 +40,18 @@ _neg_bits64 = make_neg_bits64()
 _ONE = np.uint64(1)
 
 
-def n_words(channels):
-    """Number of uint64 words holding ``channels`` packed bits: ``ceil(channels / 64)``."""
-    return (int(channels) + 63) // 64
-
-
-def valid_bits_mask(channels):
-    """uint64 ``(n_words(channels),)``: bit set for every valid channel position."""
-    cw = n_words(channels)
-    mask = np.full(cw, np.uint64(0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
-    rem = int(channels) % 64
-    if rem:
-        mask[-1] = np.uint64((1 << rem) - 1)
-    return mask
-
-
-def _pack_bool_last_axis(neg):
-    """Pack a boolean array along its last axis (bit ``c % 64`` of word ``c // 64``)."""
-    c = neg.shape[-1]
-    cw = n_words(c)
-    padded = np.zeros(neg.shape[:-1] + (cw * 64,), dtype=np.uint64)
-    padded[..., :c] = neg
-    padded = padded.reshape(neg.shape[:-1] + (cw, 64))
-    return np.bitwise_or.reduce(padded << np.arange(64, dtype=np.uint64), axis=-1)
-
-
-def _unpack_bits_last_axis(words, channels):
-    """Inverse of :func:`_pack_bool_last_axis`: bool array ``(..., channels)``."""
-    bits = (words[..., None] >> np.arange(64, dtype=np.uint64)) & _ONE
-    bits = bits.reshape(words.shape[:-1] + (words.shape[-1] * 64,))
-    return bits[..., :channels].astype(bool)
-
-
 # --------------------------------------------------------------------------- pack_signs
 def pack_signs_ref(x, shift=None):
     """Reference: packed bits of ``x - shift[c] < 0`` for ``x`` float32 ``(H, W, C)``."""
     x = np.asarray(x, dtype=np.float32)
     if shift is not None:
         x = x - np.asarray(shift, dtype=np.float32)
-    return _pack_bool_last_axis(x < 0)
+    return pack_bool_last_axis(x < 0)
 
 
 def unpack_signs_ref(bits, channels):
     """±1 float32 map ``(H, W, channels)`` from packed bits ``(H, W, CW)`` (bit 1 -> -1)."""
-    neg = _unpack_bits_last_axis(np.asarray(bits, dtype=np.uint64), channels)
+    neg = unpack_bits_last_axis(np.asarray(bits, dtype=np.uint64), channels)
     return np.where(neg, np.float32(-1), np.float32(1))
 
 
@@ -141,20 +114,6 @@ def pack_weights_ref(w):
     return out
 
 
-def pack_weights(w):
-    """Packed signs of a float weight ``(O, C, kh, kw)`` (PyTorch layout).
-
-    Returns uint64 ``(kh, kw, ceil(C/64), O)``, C-contiguous (see the module docstring);
-    bit set where ``w < 0``. A one-time conversion, so it is vectorised NumPy, not jitted.
-    """
-    w = np.asarray(w)
-    if w.ndim != 4 or not np.issubdtype(w.dtype, np.floating):
-        raise ValueError("pack_weights expects a float array (O, C, kh, kw), got %s %s" % (w.dtype, w.shape))
-    neg = np.transpose(w.astype(np.float32) < 0, (2, 3, 0, 1))  # (kh, kw, O, C)
-    words = _pack_bool_last_axis(neg)  # (kh, kw, O, CW)
-    return np.ascontiguousarray(np.transpose(words, (0, 1, 3, 2)))
-
-
 def _check_packed_weights(packed, in_channels, kh=None, kw=None, name="w_packed"):
     packed = np.asarray(packed)
     if packed.dtype != np.uint64 or packed.ndim != 4:
@@ -190,7 +149,7 @@ def unpack_weights(packed, C, kh, kw):
     unused = packed & ~valid_bits_mask(C)[None, None, :, None]
     if np.any(unused):
         raise ValueError("packed weights have bits set beyond channel %d" % C)
-    neg = _unpack_bits_last_axis(np.transpose(packed, (0, 1, 3, 2)), C)  # (kh, kw, O, C)
+    neg = unpack_bits_last_axis(np.transpose(packed, (0, 1, 3, 2)), C)  # (kh, kw, O, C)
     w = np.where(neg, np.float32(-1), np.float32(1))
     return np.ascontiguousarray(np.transpose(w, (2, 3, 0, 1)))
 

@@ -88,7 +88,7 @@ def evaluate(root: Path, checkpoint: Path, network: dict) -> dict:
     import numpy as np
 
     from ebsr_basicsr import count_complexity
-    from ebsr_basicsr.export import build_from_checkpoint, export_network
+    from ebsr_basicsr.training.export import build_from_checkpoint, export_network
     from ebsr_basicsr.runtime import Engine
 
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -110,7 +110,7 @@ def time_runtime(checkpoint: Path, network: dict, repeats: int = 5) -> float:
     """Best-of-``repeats`` milliseconds of the exported model on a 256x256 input."""
     import numpy as np
 
-    from ebsr_basicsr.export import build_from_checkpoint, export_network
+    from ebsr_basicsr.training.export import build_from_checkpoint, export_network
     from ebsr_basicsr.runtime import Engine
 
     engine = Engine(*export_network(build_from_checkpoint(checkpoint, network), network))

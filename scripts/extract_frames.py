@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ebsr_basicsr.video import VideoError, extract_frames
+from ebsr_basicsr.upscale.video import VideoError, extract_frames
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,7 +6,7 @@ pytest.importorskip("basicsr")
 
 
 def _sr_model(ema_decay):
-    from ebsr_basicsr import _basicsr_compat
+    from ebsr_basicsr.training import _basicsr_compat
 
     _basicsr_compat.setup()
     from basicsr.models.sr_model import SRModel

@@ -190,7 +190,7 @@ def _dataset_opt(folder, **extra):
 def _build(opt):
     from basicsr.data import build_dataset
 
-    from ebsr_basicsr import _basicsr_compat
+    from ebsr_basicsr.training import _basicsr_compat
 
     _basicsr_compat.setup()
     return build_dataset(copy.deepcopy(opt))

@@ -25,7 +25,7 @@ def _opt(teacher_path, pixel_weight=1.0, **path):
 
 
 def _build(opt):
-    from ebsr_basicsr import _basicsr_compat
+    from ebsr_basicsr.training import _basicsr_compat
 
     _basicsr_compat.setup()
     from basicsr.models import build_model
@@ -85,19 +85,21 @@ def test_pixel_and_distill_losses_add_up(teacher_checkpoint):
 def test_missing_teacher_is_a_clear_error(tmp_path, teacher_checkpoint):
     with pytest.raises(ValueError, match="pretrain_network_teacher"):
         _build(_opt(None))
-    from ebsr_basicsr.export import ExportError
+    from ebsr_basicsr.training.checkpoint import CheckpointError
+    from ebsr_basicsr.training.export import ExportError
 
-    with pytest.raises(ExportError, match="no such file"):
+    with pytest.raises(CheckpointError, match="no such file") as missing:
         _build(_opt(str(tmp_path / "missing.pth")))
+    assert not isinstance(missing.value, ExportError)  # reading a teacher is not exporting
     path, _ = teacher_checkpoint
-    with pytest.raises(ExportError, match="no 'params_ema' weights"):
+    with pytest.raises(CheckpointError, match="no 'params_ema' weights"):
         _build(_opt(str(path), param_key_teacher="params_ema"))
 
 
 def test_resuming_keeps_the_teacher_checkpoint():
     """BasicSR's check_resume repoints every network_* at the run's own checkpoints and
     switches param keys to params; the teacher is not the run's to resume."""
-    from ebsr_basicsr import _basicsr_compat
+    from ebsr_basicsr.training import _basicsr_compat
 
     _basicsr_compat.setup()
     import basicsr.train

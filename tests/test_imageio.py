@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ebsr_basicsr.imageio import (ImageReadError, ImageWriteError, apply_orientation, atomic_write_bytes,
+from ebsr_basicsr.upscale.imageio import (ImageReadError, ImageWriteError, apply_orientation, atomic_write_bytes,
                                   decode_image, encode_image, exif_orientation, read_image, sniff_format,
                                   write_image)
 

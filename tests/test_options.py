@@ -16,7 +16,7 @@ OUR_ARCHS = {"BNNSR", "E2FIFNet", "EBSRNet", "SCALESNet", "SCALESSwinIR"}
 @pytest.fixture(scope="module")
 def basicsr_env():
     pytest.importorskip("basicsr")
-    from ebsr_basicsr import _basicsr_compat
+    from ebsr_basicsr.training import _basicsr_compat
 
     _basicsr_compat.setup()
     from basicsr.archs import build_network

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ebsr_basicsr.runtime import Engine, ModelFileError
-from ebsr_basicsr.runtime.engine import gelu, gelu_ref
+from ebsr_basicsr.runtime.swin import gelu, gelu_ref
 from ebsr_basicsr.runtime.format import decode_model, encode_model, load_model, save_model
 
 torch = pytest.importorskip("torch")
@@ -150,6 +150,13 @@ def test_export_refuses_mismatched_options(tmp_path):
     opt.write_text("name: no network here\n")
     result = CliRunner().invoke(export_main, [str(ckpt), "-opt", str(opt)])
     assert result.exit_code == 2 and "no network_g" in result.output
+
+
+def test_export_reports_unreadable_checkpoints_as_export_errors(tmp_path):
+    from ebsr_basicsr.training.export import ExportError, build_from_checkpoint
+
+    with pytest.raises(ExportError, match="missing.pth: no such file"):
+        build_from_checkpoint(tmp_path / "missing.pth", {"type": "EBSRNet", "upscale": 2, "num_feat": 8})
 
 
 def _runtime_psnr_against(tmp_path, net):

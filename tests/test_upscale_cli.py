@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ebsr_basicsr import batch as batch_mod
-from ebsr_basicsr.batch import BatchOptions, plan_batch, process_job, run_batch
-from ebsr_basicsr.imageio import read_image, write_image
-from ebsr_basicsr.upscaler import EngineOutputError, UnsupportedImageError, auto_tile_size, upscale_image
-from ebsr_basicsr.video import (VideoError, VideoSink, assemble_frames, extract_frames, has_audio, iter_frames,
+from ebsr_basicsr.upscale import batch as batch_mod
+from ebsr_basicsr.upscale.batch import BatchOptions, plan_batch, process_job, run_batch
+from ebsr_basicsr.upscale.imageio import read_image, write_image
+from ebsr_basicsr.upscale.upscaler import EngineOutputError, UnsupportedImageError, auto_tile_size, upscale_image
+from ebsr_basicsr.upscale.video import (VideoError, VideoSink, assemble_frames, extract_frames, has_audio, iter_frames,
                                 probe_video, upscale_video)
 
 from test_imageio import jpeg_with_orientation, photo
@@ -462,7 +462,7 @@ def test_batch_collects_failures_and_goes_on(tmp_path, inputs, engine):
 def test_unreadable_file_is_one_failure(tmp_path, engine, monkeypatch):
     """Permission problems (simulated: the tests may run as root) fail that file only."""
     import builtins
-    from ebsr_basicsr import imageio as imageio_mod
+    from ebsr_basicsr.upscale import imageio as imageio_mod
     good, locked = tmp_path / "good.png", tmp_path / "locked.png"
     write_image(good, photo())
     write_image(locked, photo())
@@ -562,7 +562,8 @@ def test_help_does_not_import_torch_or_the_library():
 
 
 def test_library_path_imports_no_torch():
-    code = ("import sys, ebsr_basicsr.batch, ebsr_basicsr.video, ebsr_basicsr.weights, ebsr_basicsr.cli.upscale\n"
+    code = ("import sys, ebsr_basicsr.upscale.batch, ebsr_basicsr.upscale.video, ebsr_basicsr.weights\n"
+            "import ebsr_basicsr.cli.upscale\n"
             "bad = [m for m in ('torch', 'basicsr', 'numba') if m in sys.modules]\nassert not bad, bad")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -705,7 +706,7 @@ def _export_tiny_model(path: Path) -> Path:
     the command itself never imports torch)."""
     import torch
     from ebsr_basicsr.archs import build_arch
-    from ebsr_basicsr.export import export_network
+    from ebsr_basicsr.training.export import export_network
     from ebsr_basicsr.runtime import save_model
     torch.manual_seed(0)
     opt = {"type": "EBSRNet", "num_in_ch": 3, "num_out_ch": 3, "upscale": 2, "num_feat": 16, "num_block": 2,
@@ -720,7 +721,7 @@ def model_file(tmp_path_factory):
     """A runtime model file: $EBSR_TEST_MODEL, else an embedded model, else a tiny freshly
     exported one; skips while ebsr_basicsr.runtime cannot be imported."""
     try:
-        import ebsr_basicsr.runtime  # noqa: F401
+        import ebsr_basicsr.runtime.engine  # noqa: F401
     except ImportError as exc:
         pytest.skip(f"ebsr_basicsr.runtime is not importable yet ({exc}); end-to-end tests need the real Engine")
     env = os.environ.get("EBSR_TEST_MODEL")

@@ -1,6 +1,6 @@
 """Executes an exported model with the bitwise kernels: NumPy + Numba only.
 
-A model is a list of ops (see ``ebsr_basicsr.export``) over named NHWC float32 maps of one
+A model is a list of ops (see ``ebsr_basicsr.training.export``) over named NHWC float32 maps of one
 image. Each op kind is a small class that prepares its arrays once at load (``__init__``)
 and runs in ``__call__``. Binary units pack their input to bits (``x - shift < 0``), run
 the XNOR/popcount convolution with every per-channel factor folded into ``mul``/``bias``,
@@ -9,14 +9,13 @@ epilogue.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
-from numba import njit, prange
 
 from .. import kernels as K
 from .format import ModelFileError, load_model
+from .swin import gelu, layer_norm, shifted_window_mask, window_partition, window_reverse
 
 _OPS: dict = {}
 
@@ -30,27 +29,6 @@ def _op(name):
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
-
-
-def gelu_ref(x: np.ndarray) -> np.ndarray:
-    """Exact GELU, ``x * (1 + erf(x / sqrt 2)) / 2`` (NumPy has no erf: math.erf per element)."""
-    erf = np.frompyfunc(math.erf, 1, 1)(x.astype(np.float64) / math.sqrt(2.0)).astype(np.float64)
-    return (0.5 * x * (1.0 + erf)).astype(np.float32)
-
-
-@njit(cache=True, parallel=True)
-def _gelu_nb(x, out):
-    flat, res = x.reshape(-1), out.reshape(-1)
-    for i in prange(flat.size):
-        v = np.float64(flat[i])
-        res[i] = np.float32(0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))))
-    return out
-
-
-def gelu(x: np.ndarray) -> np.ndarray:
-    """Exact GELU (as ``torch.nn.GELU()``), compiled; :func:`gelu_ref` is its reference."""
-    x = np.ascontiguousarray(x, np.float32)
-    return _gelu_nb(x, np.empty_like(x))
 
 
 class BufferPool:
@@ -261,34 +239,6 @@ class LayerNorm(_Op):
 
     def __call__(self, x):
         return layer_norm(x, self.w, self.b, self.eps)
-
-
-def layer_norm(x, w, b, eps):
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return ((x - mean) / np.sqrt(var + eps) * w + b).astype(np.float32)
-
-
-def window_partition(x, ws):
-    h, w, c = x.shape
-    return x.reshape(h // ws, ws, w // ws, ws, c).transpose(0, 2, 1, 3, 4).reshape(-1, ws * ws, c)
-
-
-def window_reverse(win, ws, h, w):
-    c = win.shape[-1]
-    return win.reshape(h // ws, w // ws, ws, ws, c).transpose(0, 2, 1, 3, 4).reshape(h, w, c)
-
-
-def shifted_window_mask(h, w, ws, shift):
-    region = np.zeros((h, w), np.float32)
-    cuts = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
-    label = 0
-    for hs in cuts:
-        for wsl in cuts:
-            region[hs, wsl] = label
-            label += 1
-    ids = window_partition(region[..., None], ws)[..., 0]
-    return np.where(ids[:, None, :] != ids[:, :, None], np.float32(-100.0), np.float32(0.0))
 
 
 @_op("swin_block")

@@ -346,7 +346,7 @@ def process_job(engine, job: Job, options: BatchOptions, protect: Iterable[PathL
 # --------------------------------------------------------------------------------------------
 def load_engine(path: PathLike):
     """``Engine.load(path)`` from the bitwise runtime (raises its ModelFileError)."""
-    from .runtime import Engine
+    from ..runtime import Engine
     return Engine.load(path)
 
 
@@ -359,7 +359,7 @@ def set_threads(n: Optional[int]) -> None:
         return
     n = int(n)
     try:
-        from . import kernels
+        from .. import kernels
         setter, limit = kernels.set_num_threads, kernels.max_threads()
     except (ImportError, AttributeError):  # kernels not built yet: numba's own pool
         import numba

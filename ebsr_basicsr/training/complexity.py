@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .archs.scales_swinir_arch import MatMul
-from .ops.binary import BinaryConv2d, BinaryLinear
+from ..archs.scales_swinir_arch import MatMul
+from ..ops.binary import BinaryConv2d, BinaryLinear
 
 _NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 

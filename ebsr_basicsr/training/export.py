@@ -17,19 +17,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .archs import build_arch
-from .archs.blocks import BinaryResBlock, BinarySRNet, BinaryUnit, BinaryUpStage
-from .archs.scales_swinir_arch import SCALESSwinIR, SwinBlock
-from .kernels import pack_weights
-from .ops.quantizers import RSign
-from .runtime.format import FORMAT_VERSION, save_model
+from .. import __version__
+from ..archs import build_arch
+from ..archs.blocks import BinaryResBlock, BinarySRNet, BinaryUnit, BinaryUpStage
+from ..archs.scales_swinir_arch import SCALESSwinIR, SwinBlock
+from ..ops.quantizers import RSign
+from ..packing import pack_weights
+from ..runtime.format import FORMAT_VERSION, save_model
+from .checkpoint import CheckpointError, load_state_dict
 
 logger = logging.getLogger(__name__)
 
 
 class ExportError(ValueError):
-    """The checkpoint or options cannot be exported (message says why)."""
+    """The checkpoint or options cannot be exported (message says why; an unreadable
+    checkpoint's :class:`CheckpointError` comes through with the same message)."""
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -220,56 +222,13 @@ def export_network(net: nn.Module, network_opt: dict) -> tuple[dict, dict[str, n
     return header, g.tensors
 
 
-PARAM_KEYS = ("params_ema", "params")
-
-
-def load_state_dict(checkpoint, param_key: str | None = None) -> dict:
-    """A BasicSR checkpoint's weights: ``param_key`` if given, else ``params_ema`` if present,
-    else ``params``, else the dict itself; ``module.`` prefixes stripped. Read with
-    ``weights_only=True`` (no pickle code execution).
-
-    BasicSR's EMA averages parameters only, so in checkpoints written without this plugin's
-    fix ``params_ema`` holds BatchNorm statistics that never left their initial values (the
-    layer's ``num_batches_tracked`` is 0). Those statistics are taken from ``params``, with a
-    warning, instead of exporting a net that normalises with mean 0 and variance 1."""
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ExportError(f"{checkpoint}: no such file") from None
-    except Exception as e:  # torch raises several types for non-checkpoints
-        raise ExportError(f"{checkpoint}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
-    if param_key is not None and not (isinstance(state, dict) and isinstance(state.get(param_key), dict)):
-        keys = sorted(k for k in state if isinstance(state[k], dict)) if isinstance(state, dict) else []
-        raise ExportError(f"{checkpoint}: has no {param_key!r} weights (it has: {', '.join(keys) or 'none'})")
-    if isinstance(state, dict):
-        for key in (param_key,) if param_key else PARAM_KEYS:
-            if isinstance(state.get(key), dict):
-                if key == "params_ema" and isinstance(state.get("params"), dict):
-                    _take_untouched_batchnorm_stats(state["params_ema"], state["params"], checkpoint)
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ExportError(f"{checkpoint}: does not hold a state dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def _take_untouched_batchnorm_stats(ema: dict, params: dict, checkpoint) -> None:
-    suffix = "num_batches_tracked"
-    stale = [k[: -len(suffix)] for k, v in ema.items()
-             if k.endswith(suffix) and int(v) == 0 and k in params and int(params[k]) > 0]
-    for prefix in stale:
-        for name in ("running_mean", "running_var", suffix):
-            if prefix + name in params:
-                ema[prefix + name] = params[prefix + name]
-    if stale:
-        logger.warning("%s: params_ema has %d BatchNorm layers with untrained statistics (BasicSR's EMA "
-                       "skips buffers); using those of params", checkpoint, len(stale))
-
-
 def build_from_checkpoint(checkpoint, network_opt: dict, param_key: str | None = None) -> nn.Module:
     """Rebuild the network from its options and load the checkpoint strictly."""
     net = build_arch(network_opt)
-    state = load_state_dict(checkpoint, param_key)
+    try:
+        state = load_state_dict(checkpoint, param_key)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -29,7 +29,7 @@ from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.models.sr_model import SRModel
 
-from .export import load_state_dict
+from .checkpoint import load_state_dict
 
 
 class DistillSRModel(SRModel):

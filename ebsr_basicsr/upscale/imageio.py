@@ -30,7 +30,7 @@ from typing import Iterable, Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from ._files import file_mode
+from .._files import file_mode
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Upscale any supported image with a runtime engine.
 
-:func:`upscale_image` takes an image as :func:`ebsr_basicsr.imageio.read_image` returns it
+:func:`upscale_image` takes an image as :func:`ebsr_basicsr.upscale.imageio.read_image` returns it
 (uint8 or uint16; gray, BGR or BGRA) and returns the upscaled image in the same layout and
 depth. The engine only ever sees float32 RGB in [0, 1] (see ``Engine.run``):
 

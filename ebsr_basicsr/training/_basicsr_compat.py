@@ -32,7 +32,7 @@ Two replacements are not about CUDA and so apply to every run:
 
 * ``basicsr.train.check_resume``: on resume it points every ``network_*`` at the run's own
   ``net_*_<iter>.pth`` and switches every ``param_key*`` to ``params``. A distillation
-  teacher (``network_teacher``, see ``ebsr_basicsr.distill``) is never trained or saved by
+  teacher (``network_teacher``, see ``ebsr_basicsr.training.distill``) is never trained or saved by
   the run, so it keeps its ``pretrain_network_teacher`` and ``param_key_teacher``.
 
 * ``BaseModel.model_ema`` averages the parameters of ``net_g`` into ``net_g_ema`` but not
@@ -42,7 +42,7 @@ Two replacements are not about CUDA and so apply to every run:
   *below* bicubic through its EMA weights. Ours also copies the buffers after each update.
 
 Nothing here is imported by the runtime: it imports torch and basicsr, and is only used by
-``ebsr_basicsr.train`` / ``ebsr_basicsr.test``.
+``ebsr_basicsr.training.train`` / ``ebsr_basicsr.training.test``.
 """
 from __future__ import annotations
 
@@ -274,5 +274,5 @@ def setup() -> None:
     register = getattr(archs, "register_with_basicsr", None)
     if register is not None:  # no-op when the import hook has registered them already
         register()
-    importlib.import_module("ebsr_basicsr.distill").register_with_basicsr()
+    importlib.import_module("ebsr_basicsr.training.distill").register_with_basicsr()
     importlib.import_module("ebsr_basicsr.data.mixed_degradation_dataset")  # registers the dataset
