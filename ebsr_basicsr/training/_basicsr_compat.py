@@ -275,4 +275,5 @@ def setup() -> None:
     if register is not None:  # no-op when the import hook has registered them already
         register()
     importlib.import_module("ebsr_basicsr.training.distill").register_with_basicsr()
+    importlib.import_module("ebsr_basicsr.training.speed").register_with_basicsr()
     importlib.import_module("ebsr_basicsr.data.mixed_degradation_dataset")  # registers the dataset
