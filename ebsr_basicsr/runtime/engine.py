@@ -340,7 +340,19 @@ class Engine:
         return cls(header, tensors, str(Path(path)))
 
     def run(self, image: np.ndarray) -> np.ndarray:
-        """float32 (H, W, C) RGB in [0, 1] → float32 (H·s, W·s, C), not clipped."""
+        """float32 (H, W, 3) RGB in [0, 1] → float32 (H·s, W·s, 3), not clipped.
+
+        A luma model (one input channel) sees the image's Y (BT.601, as in training) and its
+        chroma is upscaled bicubically (:mod:`ebsr_basicsr.kernels.color`); it also accepts
+        its native (H, W, 1) Y input and then returns Y."""
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[2] == 3 and self.in_channels == 1:
+            y, cbcr = K.rgb_to_ycbcr(np.ascontiguousarray(image, np.float32))
+            return K.ycbcr_upscale_to_rgb(self.run_native(y), cbcr, self.scale)
+        return self.run_native(image)
+
+    def run_native(self, image: np.ndarray) -> np.ndarray:
+        """The graph on its own input: float32 (H, W, in_channels) → (H·s, W·s, out_channels)."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != self.in_channels:
             raise ValueError(f"expected an (H, W, {self.in_channels}) image, got shape {image.shape}")
