@@ -17,7 +17,7 @@ from llvmlite import ir
 
 _I64 = ir.IntType(64)
 
-__all__ = ["make_epilogue64", "abs_sum64_ref", "make_store_fence", "make_fma_tile"]
+__all__ = ["make_epilogue64", "abs_sum64_ref", "make_store_fence", "make_fma_tile", "make_conv3_fma_tile"]
 
 _LANES = 64
 
@@ -299,6 +299,95 @@ def make_fma_tile(P, NV):
                         builder.store(builder.call(fma, [splat, w_vecs[v], builder.load(accs[p][v])]), accs[p][v])
             for p in range(P):
                 row = builder.add(builder.mul(builder.add(m0_, const(p)), n_z), j0_)
+                for v in range(NV):
+                    ptr = builder.bitcast(builder.gep(za.data, [builder.add(row, const(16 * v))]), vec.as_pointer())
+                    builder.store(builder.load(accs[p][v]), ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+def _conv3_tile_python(P, NV):
+    def tile(x, w, z, m0, iy, ix, o0):
+        lanes = slice(o0, o0 + 16 * NV)
+        for p in range(P):
+            acc = np.zeros(16 * NV, np.float64)
+            for ky in range(3):
+                for kx in range(3):
+                    acc += x[iy + ky, ix + p + kx, :].astype(np.float64) @ w[ky, kx, :, lanes].astype(np.float64)
+            z[m0 + p, lanes] = acc.astype(np.float32)
+    return tile
+
+
+def make_conv3_fma_tile(P, NV):
+    """Build ``tile(x, w, z, m0, iy, ix, o0)``, the register-blocked micro-kernel of a direct
+    3x3 float convolution: for ``p < P`` and the ``16*NV`` output channels from ``o0``::
+
+        z[m0 + p, o] = sum_{c, ky, kx} x[iy + ky, ix + p + kx, c] * w[ky, kx, c, o]
+
+    (fused multiply-adds, ``c`` outermost). ``x`` float32 ``(Hx, Wx, C)`` (an already padded
+    band of input rows), ``w`` float32 ``(3, 3, C, Opad)``, ``z`` float32 ``(rows, Opad)``, all
+    C-contiguous, ``Opad`` a multiple of ``16*NV``; no bounds are checked. The ``P*NV``
+    accumulators stay in 512-bit registers; each input value is loaded once per ``c`` and
+    broadcast to every tap and pixel that uses it.
+    """
+    if config.DISABLE_JIT:
+        return _conv3_tile_python(P, NV)
+
+    f32, i32 = ir.FloatType(), ir.IntType(32)
+    vec = ir.VectorType(f32, 16)
+    splat_mask = ir.Constant(ir.VectorType(i32, 16), None)
+
+    def f32_array(t, ndim):
+        return isinstance(t, types.Array) and t.layout == "C" and t.dtype == types.float32 and t.ndim == ndim
+
+    @intrinsic
+    def tile(typingctx, x, w, z, m0, iy, ix, o0):
+        if not (f32_array(x, 3) and f32_array(w, 4) and f32_array(z, 2)):
+            return None
+        if not all(isinstance(t, types.Integer) for t in (m0, iy, ix, o0)):
+            return None
+        sig = types.void(x, w, z, m0, iy, ix, o0)
+
+        def codegen(context, builder, signature, args):
+            xa = context.make_array(signature.args[0])(context, builder, args[0])
+            wa = context.make_array(signature.args[1])(context, builder, args[1])
+            za = context.make_array(signature.args[2])(context, builder, args[2])
+            _, wx_len, n_c = cgutils.unpack_tuple(builder, xa.shape, 3)
+            opad = cgutils.unpack_tuple(builder, wa.shape, 4)[3]
+            n_z = cgutils.unpack_tuple(builder, za.shape, 2)[1]
+            m0_, iy_, ix_, o0_ = [context.cast(builder, v, t, types.intp) for v, t in zip(args[3:], signature.args[3:])]
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                                 "llvm.fma.v16f32")
+            undef = ir.Constant(vec, ir.Undefined)
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(NV)]
+                    for _ in range(P)]
+
+            def const(v):
+                return ir.Constant(_I64, v)
+
+            with cgutils.for_range(builder, n_c) as loop:
+                c = loop.index
+                splats = {}
+                for ky in range(3):
+                    row = builder.mul(builder.add(iy_, const(ky)), wx_len)
+                    for col in range(P + 2):  # the input pixels this tile's windows read on row ky
+                        x_idx = builder.add(builder.mul(builder.add(row, builder.add(ix_, const(col))), n_c), c)
+                        xv = builder.load(builder.gep(xa.data, [x_idx]))
+                        splats[ky, col] = builder.shuffle_vector(
+                            builder.insert_element(undef, xv, ir.Constant(i32, 0)), undef, splat_mask)
+                    for kx in range(3):
+                        base = builder.add(builder.mul(builder.add(builder.mul(const(ky * 3 + kx), n_c), c), opad), o0_)
+                        w_vecs = [builder.load(builder.bitcast(builder.gep(wa.data, [builder.add(base, const(16 * v))]),
+                                                               vec.as_pointer()), align=4) for v in range(NV)]
+                        for p in range(P):
+                            for v in range(NV):
+                                builder.store(builder.call(fma, [splats[ky, p + kx], w_vecs[v],
+                                                                 builder.load(accs[p][v])]), accs[p][v])
+            for p in range(P):
+                row = builder.add(builder.mul(builder.add(m0_, const(p)), n_z), o0_)
                 for v in range(NV):
                     ptr = builder.bitcast(builder.gep(za.data, [builder.add(row, const(16 * v))]), vec.as_pointer())
                     builder.store(builder.load(accs[p][v]), ptr, align=4)

@@ -619,6 +619,51 @@ def test_abs_sum_epilogue_matches_its_reference():
         assert sums[1] == 2.0 + abs_sum64_ref(v) and sums[0] == 0.0
 
 
+# =========================================================================== direct FP convs
+DIRECT_CASES = [(1, 1, 1, 64), (7, 9, 1, 64), (13, 5, 64, 16), (16, 16, 64, 4), (5, 17, 3, 48), (9, 8, 64, 64),
+                (4, 20, 70, 20)]
+
+
+@pytest.mark.parametrize("case", subset(DIRECT_CASES, every=2))
+def test_conv3x3_matches_ref(case):
+    H, W, C, O = case
+    rng = rng_for("direct", case)
+    x = rand_map(rng, H, W, C)
+    w = (rng.standard_normal((O, C, 3, 3)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    got = K.conv3x3(x, w, b)
+    assert got.shape == (H, W, O)
+    # FMA and another summation order than the float64 reference: float32 rounding of 9*C terms
+    np.testing.assert_allclose(got, K.conv3x3_ref(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", subset([(7, 9, 64, 2, 1, True), (5, 6, 64, 4, 1, True), (4, 3, 64, 3, 3, True),
+                                         (1, 1, 64, 2, 1, True), (6, 5, 32, 4, 3, False)], every=2))
+def test_conv3x3_to_image_matches_ref(case):
+    H, W, C, s, co, skip = case
+    rng = rng_for("to-image", case)
+    x = rand_map(rng, H, W, C)
+    w = (rng.standard_normal((co * s * s, C, 3, 3)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(co * s * s).astype(np.float32)
+    image = rng.random((H, W, co), dtype=np.float32) if skip else None
+    mean = None if skip else rng.random(co, dtype=np.float32)
+    got = K.conv3x3_to_image(x, w, b, s, 2.0, image, mean)
+    assert got.shape == (H * s, W * s, co)
+    np.testing.assert_allclose(got, K.conv3x3_to_image_ref(x, w, b, s, 2.0, image, mean), rtol=1e-5, atol=1e-5)
+
+
+def test_direct_conv_validation():
+    x = np.zeros((4, 4, 8), np.float32)
+    with pytest.raises(ValueError, match="w must be"):
+        K.conv3x3(x, np.zeros((4, 7, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        K.conv3x3(x, np.zeros((4, 8, 3, 3), np.float32), np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="cannot be shuffled"):
+        K.conv3x3_to_image(x, np.zeros((6, 8, 3, 3), np.float32), None, 2, 1.0, mean=np.zeros(1, np.float32))
+    with pytest.raises(ValueError, match="image must have shape"):
+        K.conv3x3_to_image(x, np.zeros((4, 8, 3, 3), np.float32), None, 2, 1.0, np.zeros((4, 4, 3), np.float32))
+
+
 # =========================================================================== pure-Python mode
 @pytest.mark.skipif(JIT_DISABLED, reason="this is the pure-Python run")
 def test_pure_python_subset():

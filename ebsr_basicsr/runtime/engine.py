@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import kernels as K
 from .format import ModelFileError, load_model
+from .fusion import fuse as fuse_graph
 from .swin import gelu, layer_norm, shifted_window_mask, window_partition, window_reverse
 
 _OPS: dict = {}
@@ -304,7 +305,7 @@ class Crop(_Op):
 class Engine:
     """A loaded runtime model. ``Engine.load(path)``; ``engine.upscale(bgr_uint8)``."""
 
-    def __init__(self, header: dict, tensors: dict, source: str = "model"):
+    def __init__(self, header: dict, tensors: dict, source: str = "model", fuse: bool = True):
         self.header = header
         try:
             self.scale = int(header["scale"])
@@ -321,6 +322,10 @@ class Engine:
                 op = _OPS[kind](attrs, tensors)
                 op.pool = self.pool
                 self._ops.append((op, list(spec["in"]), spec["out"]))
+            if fuse:  # same output, faster: see runtime.fusion
+                self._ops = fuse_graph(self._ops, self._output)
+                for op, _, _ in self._ops:
+                    op.pool = self.pool
             last_use = {}
             for i, (_, inputs, _) in enumerate(self._ops):
                 for name in inputs:
@@ -335,9 +340,10 @@ class Engine:
             raise ModelFileError(f"{source}: inconsistent model graph ({type(e).__name__}: {e})") from None
 
     @classmethod
-    def load(cls, path) -> "Engine":
+    def load(cls, path, fuse: bool = True) -> "Engine":
+        """Load a model file; ``fuse=False`` runs every op as exported (for comparisons)."""
         header, tensors = load_model(path)
-        return cls(header, tensors, str(Path(path)))
+        return cls(header, tensors, str(Path(path)), fuse)
 
     def run(self, image: np.ndarray) -> np.ndarray:
         """float32 (H, W, 3) RGB in [0, 1] → float32 (H·s, W·s, 3), not clipped.

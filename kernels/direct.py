@@ -1,0 +1,185 @@
+"""Direct 3x3 float convolutions for the FP layers with few channels on one side: the head of
+a luma model (1 -> 64) and the light upsampler (64 -> out_ch * s^2).
+
+An im2col GEMM spends most of its time building and reading a 9x larger matrix when the
+input has few channels, and BLAS handles a GEMM with few columns poorly (and its spinning
+threads then take the core the next kernel needs). Here each output row is computed from a
+ring of three padded input rows by a register-blocked FMA tile
+(:func:`._vector.make_conv3_fma_tile`, 8 pixels x 16 output channels), bands of rows in
+parallel.
+
+* :func:`conv3x3` - ``(H, W, C) -> (H, W, O)`` plus bias (PyTorch ``conv2d``, padding 1).
+* :func:`conv3x3_to_image` - the upsampler's conv with its pixel shuffle and the output
+  denormalisation fused: ``shuffle(conv(x) + bias) / range + skip``, where ``skip`` is the
+  bilinearly upscaled input image (``image_skip``) or a constant mean per channel. Exactly
+  the per-op ``Conv2d`` -> ``Denormalize`` sequence, without the full-size maps between them.
+
+References: :func:`conv3x3_ref`, :func:`conv3x3_to_image_ref`.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._vector import make_conv3_fma_tile
+from .bitpack import _check_map
+from .fpconv import conv2d_ref
+from .ops import _bilinear_axis, pixel_shuffle_ref, resize_bilinear_ref
+
+__all__ = ["conv3x3", "conv3x3_ref", "conv3x3_to_image", "conv3x3_to_image_ref"]
+
+_P, _LANES = 8, 16
+_tile = make_conv3_fma_tile(_P, 1)
+
+
+# --------------------------------------------------------------------------- references
+def conv3x3_ref(x, w, bias=None):
+    """Reference: PyTorch ``conv2d(x, w, bias, padding=1)`` on an NHWC map (float64 sums)."""
+    return conv2d_ref(np.asarray(x, np.float32), np.asarray(w, np.float32), bias, padding=1)
+
+
+def conv3x3_to_image_ref(x, w, bias, s, img_range, image=None, mean=None):
+    """Reference: ``pixel_shuffle(conv3x3(x) + bias, s) / img_range`` plus the bilinear ``s``-times
+    upscaled ``image`` or plus ``mean`` (one value per output channel)."""
+    y = pixel_shuffle_ref(conv3x3_ref(x, w, bias), s) / np.float32(img_range)
+    if image is not None:
+        return (y + resize_bilinear_ref(np.asarray(image, np.float32), s)).astype(np.float32)
+    return (y + np.asarray(mean, np.float32)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- kernels
+@njit(cache=True, fastmath=False, inline="always")
+def _load_row_nb(x, r, ring, slot):
+    """Input row ``r`` into both copies of ring ``slot`` (column 0 and the tail stay zero)."""
+    W = x.shape[1]
+    C = x.shape[2]
+    for j in range(W):
+        for c in range(C):
+            v = x[r, j, c]
+            ring[slot, 1 + j, c] = v
+            ring[slot + 3, 1 + j, c] = v
+
+
+@njit(cache=True, fastmath=False, inline="always")
+def _zero_row_nb(ring, slot):
+    ring[slot] = 0
+    ring[slot + 3] = 0
+
+
+@njit(cache=True, fastmath=False)
+def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, image, mean, ys0, ys1, yw0, yw1, xs0, xs1, xw0, xw1, out):
+    """Output rows ``h0 .. h1-1``. ``mode`` 0: ``out[h, w, o] = conv + bias``; 1: shuffled,
+    divided by the range, plus the bilinear skip of ``image``; 2: the same plus ``mean``."""
+    H, W, C = x.shape
+    opad = wt.shape[3]
+    O = bias.shape[0]
+    tiles = (W + _P - 1) // _P
+    width = tiles * _P + 2
+    ring = np.zeros((6, width, C), dtype=np.float32)  # 3 padded rows, stored twice; row -1 is 0
+    z = np.empty((tiles * _P, opad), dtype=np.float32)
+    co = O // (s * s)
+    for r in range(max(h0 - 1, 0), min(h0 + 1, H)):
+        _load_row_nb(x, r, ring, r % 3)
+    for h in range(h0, h1):
+        if h + 1 < H:
+            _load_row_nb(x, h + 1, ring, (h + 1) % 3)
+        else:
+            _zero_row_nb(ring, (h + 1) % 3)
+        s0 = (h + 2) % 3
+        for x0 in range(0, W, _P):
+            for o0 in range(0, opad, _LANES):
+                _tile(ring, wt, z, x0, s0, x0, o0)
+        if mode == 0:
+            for j in range(W):
+                for o in range(O):
+                    out[h, j, o] = z[j, o] + bias[o]
+            continue
+        for a in range(s):
+            oy = h * s + a
+            y0, y1, wy0, wy1 = ys0[oy], ys1[oy], yw0[oy], yw1[oy]
+            for j in range(W):
+                for b in range(s):
+                    ox = j * s + b
+                    for c in range(co):
+                        v = (z[j, (c * s + a) * s + b] + bias[(c * s + a) * s + b]) / img_range
+                        if mode == 1:
+                            x0_, x1_, wx0, wx1 = xs0[ox], xs1[ox], xw0[ox], xw1[ox]
+                            top = wx0 * image[y0, x0_, c] + wx1 * image[y0, x1_, c]
+                            bottom = wx0 * image[y1, x0_, c] + wx1 * image[y1, x1_, c]
+                            out[oy, ox, c] = v + (wy0 * top + wy1 * bottom)
+                        else:
+                            out[oy, ox, c] = v + mean[c]
+
+
+@njit(cache=True, fastmath=False, parallel=True)
+def _conv_nb(x, wt, bias, bands, mode, s, img_range, image, mean, ys0, ys1, yw0, yw1, xs0, xs1, xw0, xw1, out):
+    for i in prange(bands.shape[0] - 1):
+        _band_nb(x, wt, bias, bands[i], bands[i + 1], mode, s, img_range, image, mean,
+                 ys0, ys1, yw0, yw1, xs0, xs1, xw0, xw1, out)
+    return out
+
+
+# --------------------------------------------------------------------------- public ops
+def _prepare(x, w, bias):
+    from . import get_num_threads
+
+    x = _check_map(x, "x")
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 4 or w.shape[1] != x.shape[2] or w.shape[2:] != (3, 3):
+        raise ValueError("w must be (O, %d, 3, 3), got %s" % (x.shape[2], w.shape))
+    O = w.shape[0]
+    bias = np.zeros(O, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+    if bias.shape != (O,):
+        raise ValueError("bias must have shape (%d,), got %s" % (O, bias.shape))
+    opad = -(-O // _LANES) * _LANES
+    wt = np.zeros((3, 3, w.shape[1], opad), np.float32)
+    wt[..., :O] = np.transpose(w, (2, 3, 1, 0))
+    H = x.shape[0]
+    n = min(H, max(1, 4 * get_num_threads())) if H else 1
+    bands = np.linspace(0, H, n + 1).round().astype(np.int64)
+    return x, wt, bias, bands
+
+
+_NO_AXIS = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.float32), np.zeros(1, np.float32))
+
+
+def conv3x3(x, w, bias=None, out=None):
+    """3x3 convolution, stride 1, zero padding 1, of a float32 ``(H, W, C)`` map with ``w``
+    ``(O, C, 3, 3)`` plus ``bias`` -> float32 ``(H, W, O)``."""
+    x, wt, bias, bands = _prepare(x, w, bias)
+    H, W, _ = x.shape
+    if out is None:
+        out = np.empty((H, W, bias.shape[0]), np.float32)
+    if H * W == 0:
+        return out
+    empty = np.zeros((1, 1, 1), np.float32)
+    return _conv_nb(x, wt, bias, bands, 0, 1, np.float32(1), empty, np.zeros(1, np.float32),
+                    *_NO_AXIS, *_NO_AXIS, out)
+
+
+def conv3x3_to_image(x, w, bias, s, img_range, image=None, mean=None, out=None):
+    """``pixel_shuffle(conv3x3(x, w) + bias, s) / img_range + skip`` -> float32 ``(H*s, W*s, Co)``
+    with ``Co = O / s^2``; ``skip`` is ``image`` (H, W, Co) upscaled bilinearly (PyTorch,
+    ``align_corners=False``) or, without an image, ``mean`` (Co,)."""
+    x, wt, bias, bands = _prepare(x, w, bias)
+    H, W, _ = x.shape
+    s = int(s)
+    O = bias.shape[0]
+    if s < 1 or O % (s * s):
+        raise ValueError("%d output channels cannot be shuffled by %d" % (O, s))
+    co = O // (s * s)
+    if image is not None:
+        image = _check_map(image, "image")
+        if image.shape != (H, W, co):
+            raise ValueError("image must have shape %s, got %s" % ((H, W, co), image.shape))
+        mode, mean_arr = 1, np.zeros(co, np.float32)
+        axes = _bilinear_axis(H, s) + _bilinear_axis(W, s)
+    else:
+        mean_arr = np.ascontiguousarray(mean, dtype=np.float32).reshape(-1)
+        if mean_arr.shape != (co,):
+            raise ValueError("mean must have %d values, got %d" % (co, mean_arr.size))
+        mode, image = 2, np.zeros((1, 1, 1), np.float32)
+        axes = _NO_AXIS + _NO_AXIS
+    if out is None:
+        out = np.empty((H * s, W * s, co), np.float32)
+    if H * W == 0:
+        return out
+    return _conv_nb(x, wt, bias, bands, mode, s, np.float32(img_range), image, mean_arr, *axes, out)

@@ -1,0 +1,73 @@
+"""The engine's graph rewrites (ebsr_basicsr.runtime.fusion): the fused engine computes what
+the op-by-op engine computes."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ebsr_basicsr.archs import build_arch  # noqa: E402
+from ebsr_basicsr.runtime import Engine  # noqa: E402
+from ebsr_basicsr.runtime.format import save_model  # noqa: E402
+from ebsr_basicsr.training.export import export_network  # noqa: E402
+from ebsr_basicsr.weights import default_model_path  # noqa: E402
+
+
+def _export(tmp_path, opt, steps=3):
+    """A network trained a few steps (so thresholds and scales leave their initial values)."""
+    torch.manual_seed(0)
+    net = build_arch(opt)
+    optim = torch.optim.Adam(net.parameters(), 1e-3)
+    c = opt.get("num_in_ch", 3)
+    for _ in range(steps):
+        x = torch.rand(2, c, 16, 16)
+        target = torch.nn.functional.interpolate(x, scale_factor=opt["upscale"], mode="bicubic")
+        loss = (net(x) - target).abs().mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    header, tensors = export_network(net.eval(), opt)
+    path = tmp_path / "model.ebsr"
+    save_model(path, header, tensors)
+    return path
+
+
+def _photo(h, w):
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[60:60 + h, 100:100 + w], np.float32) / 255
+
+
+LUMA = {"type": "SCALESNet", "num_in_ch": 1, "num_out_ch": 1, "num_feat": 64, "num_block": 3, "upsampler": "light",
+        "image_skip": "bilinear", "channel": None, "body_end": None}
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_tile_local_luma_model_is_fused_and_unchanged(tmp_path, scale):
+    path = _export(tmp_path, dict(LUMA, upscale=scale))
+    fused, plain = Engine.load(path), Engine.load(path, fuse=False)
+    kinds = [type(op).__name__ for op, _, _ in fused._ops]
+    assert kinds == ["Normalize", "DirectConv", "BinaryStack", "ConvToImage"]
+    rgb = _photo(37, 45)
+    a, b = fused.run(rgb), plain.run(rgb)
+    assert a.shape == b.shape == (37 * scale, 45 * scale, 3)
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-5)
+
+
+def test_rgb_model_with_body_end_conv_is_fused_and_unchanged(tmp_path):
+    opt = {"type": "SCALESNet", "num_feat": 64, "num_block": 2, "upscale": 2, "upsampler": "light",
+           "image_skip": "bilinear", "channel": None}
+    path = _export(tmp_path, opt)
+    fused, plain = Engine.load(path), Engine.load(path, fuse=False)
+    kinds = [type(op).__name__ for op, _, _ in fused._ops]
+    assert "BinaryStack" in kinds and "ConvToImage" in kinds
+    rgb = _photo(20, 23)
+    np.testing.assert_allclose(fused.run(rgb), plain.run(rgb), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_shipped_models_are_unchanged_by_fusion(scale):
+    """The channel branch pools over the whole image: its units are not fused, and the rest of
+    the graph still computes the same image."""
+    fused, plain = Engine.load(default_model_path(scale)), Engine.load(default_model_path(scale), fuse=False)
+    rgb = _photo(24, 30)
+    np.testing.assert_allclose(fused.run(rgb), plain.run(rgb), rtol=0, atol=2e-5)
