@@ -94,7 +94,7 @@ def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, image, mean, ys0, ys1, yw0
             continue
         for a in range(s):
             oy = h * s + a
-            y0, y1, wy0, wy1 = ys0[oy], ys1[oy], yw0[oy], yw1[oy]
+            y0, y1, wy0, wy1 = (ys0[oy], ys1[oy], yw0[oy], yw1[oy]) if mode == 1 else (0, 0, yw0[0], yw1[0])
             for j in range(W):
                 for b in range(s):
                     ox = j * s + b
