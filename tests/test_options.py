@@ -16,9 +16,9 @@ OUR_ARCHS = {"BNNSR", "E2FIFNet", "EBSRNet", "SCALESNet", "SCALESSwinIR"}
 @pytest.fixture(scope="module")
 def basicsr_env():
     pytest.importorskip("basicsr")
-    from ebsr_basicsr.training import _basicsr_compat
+    from ebsr_basicsr.training.registration import register_with_basicsr
 
-    _basicsr_compat.setup()
+    register_with_basicsr()
     from basicsr.archs import build_network
     from basicsr.utils.options import ordered_yaml
     from basicsr.utils.registry import ARCH_REGISTRY
