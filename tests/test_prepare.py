@@ -200,3 +200,22 @@ def test_cli(hr_folder, tmp_path):
     result = runner.invoke(prepare_cli, [str(hr_folder), "--out", str(tmp_path / "val"), "--val", "--quiet"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "val" / "GTmod12" / "0002.png").is_file()
+
+
+def test_prepare_command_names_what_writes_a_folder():
+    from ebsr_basicsr.data.prepare import prepare_command
+
+    src = "path/to/HR"
+    assert prepare_command("datasets/DIV2K/DIV2K_train_HR_sub", 4, src) == \
+        "ebsr-prepare path/to/HR --out datasets/DIV2K --name DIV2K --scales 4"
+    assert prepare_command("datasets/DIV2K/DIV2K_train_LR_bicubic/X3_sub", 4, src) == \
+        "ebsr-prepare path/to/HR --out datasets/DIV2K --name DIV2K --scales 3"
+    assert prepare_command("d/DIV2K_train_LR_bicubic_X2_sub.lmdb", None, src) == \
+        "ebsr-prepare path/to/HR --out d --name DIV2K --scales 2 --lmdb"
+    assert prepare_command("datasets/Set5/GTmod12", 4, src) == "ebsr-prepare path/to/HR --out datasets/Set5 --val"
+    assert prepare_command("datasets/Set5/LRbicx3.lmdb", 4, src) == \
+        "ebsr-prepare path/to/HR --out datasets/Set5 --val --lmdb"
+    assert prepare_command("my sets/S/GTmod4", 4, src) == "ebsr-prepare path/to/HR --out 'my sets/S' --scales 4 --mod 4 --val"
+    assert prepare_command("datasets/Set5/LRbicx8", 8, src) == "ebsr-prepare path/to/HR --out datasets/Set5 --scales 8 --val"
+    for other in ("datasets/mine", "X4_sub", "a/X4_sub", "a/b_train_LR_bicubic/X4_sub.lmdb"):
+        assert prepare_command(other, 4, src) is None

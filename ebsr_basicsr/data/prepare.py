@@ -32,10 +32,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from functools import reduce
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Iterable, Sequence
 
 import cv2
@@ -44,6 +46,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+DEFAULT_SCALES = (2, 3, 4)
 PNG_COMPRESSION = 3  # what BasicSR's extract_subimages uses: fast, and files stay small
 
 
@@ -58,7 +61,7 @@ class PrepareConfig:
     input_dir: str
     out_dir: str
     name: str | None = None
-    scales: Sequence[int] = (2, 3, 4)
+    scales: Sequence[int] = DEFAULT_SCALES
     val: bool = False
     crop_size: int = 480
     step: int = 240
@@ -182,6 +185,46 @@ def output_dirs(cfg: PrepareConfig) -> tuple[str, dict]:
         hr = os.path.join(cfg.out_dir, f"{name}_train_HR_sub")
         lrs = {s: os.path.join(cfg.out_dir, f"{name}_train_LR_bicubic", f"X{s}_sub") for s in cfg.scales}
     return hr, lrs
+
+
+def prepare_command(folder: str, scale: int | None = None, source: str = "path/to/HR_images") -> str | None:
+    """The ``ebsr-prepare`` command that writes ``folder`` (a path as an option file names
+    it, e.g. ``datasets/DIV2K/DIV2K_train_LR_bicubic/X4_sub``), with ``source`` standing for
+    the folder of HR images; None when ``folder`` is not named the way ebsr-prepare names its
+    output. ``scale`` (the option file's) is used when the name does not tell it."""
+    path = PurePath(folder)
+    name = path.name
+    lmdb = name.endswith(".lmdb")
+    stem = name[: -len(".lmdb")] if lmdb else name
+    out, data_name, scales, val, mod = path.parent, None, [scale] if scale else [], False, None
+    if match := re.fullmatch(r"GTmod(\d+)", stem):
+        val, mod = True, int(match[1])
+    elif match := re.fullmatch(r"LRbicx(\d+)", stem):
+        val, scales = True, [int(match[1])]
+    elif match := re.fullmatch(r"(.+)_train_HR_sub", stem):
+        data_name = match[1]
+    elif match := re.fullmatch(r"(.+)_train_LR_bicubic_X(\d+)_sub", stem):  # the LMDB of an LR folder
+        data_name, scales = match[1], [int(match[2])]
+    elif (match := re.fullmatch(r"X(\d+)_sub", stem)) and not lmdb and \
+            (parent := re.fullmatch(r"(.+)_train_LR_bicubic", path.parent.name)):
+        out, data_name, scales = path.parent.parent, parent[1], [int(match[1])]
+    else:
+        return None
+    words = ["ebsr-prepare", source, "--out", out.as_posix()]
+    if val:
+        # the default scales 2,3,4 give GTmod12 and LRbicx2/3/4 (BasicSR's benchmark layout)
+        if mod is not None and mod != lcm(DEFAULT_SCALES):
+            words += ["--scales", ",".join(map(str, scales or [mod])), "--mod", str(mod)]
+        elif mod is None and scales[0] not in DEFAULT_SCALES:
+            words += ["--scales", str(scales[0])]
+        words.append("--val")
+    else:
+        words += ["--name", data_name]
+        if scales:
+            words += ["--scales", ",".join(map(str, scales))]
+    if lmdb:
+        words.append("--lmdb")
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _process_image(job):
