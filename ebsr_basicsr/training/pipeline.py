@@ -23,7 +23,7 @@ def run(phase: str, argv=None) -> None:
         opt = check(sys.argv[1:], phase)
     except PreflightError as exc:
         if os.environ.get("LOCAL_RANK", "0") == "0":  # torchrun starts one process per rank
-            print(exc, file=sys.stderr)
+            sys.stderr.write(f"{exc}\n")
         raise SystemExit(exc.status) from None
     from ._basicsr_compat import entry_point_fixes
     from .registration import register_with_basicsr
