@@ -72,9 +72,9 @@ def batches(opt: dict, n: int, seed: int = 0):
     """``n`` training batches drawn by the option file's own train dataset."""
     from basicsr.data import build_dataset
 
-    from ebsr_basicsr.training import _basicsr_compat
+    from ebsr_basicsr.training.registration import register_with_basicsr
 
-    _basicsr_compat.setup()
+    register_with_basicsr()
     ds_opt = copy.deepcopy(opt["datasets"]["train"])
     ds_opt.update(phase="train", scale=opt["scale"])
     if ds_opt.get("type") == "MixedDegradationDataset":

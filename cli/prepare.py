@@ -62,7 +62,9 @@ def main(input_dir, out_dir, name, scales, val, crop_size, step, thresh_size, mo
     Train mode writes <out>/<name>_train_HR_sub/ and
     <out>/<name>_train_LR_bicubic/X<s>_sub/ with sub-images named 0001_s001.png (as
     BasicSR's DIV2K scripts); LR images are MATLAB bicubic downsamplings of the
-    mod-cropped HR image."""
+    mod-cropped HR image. An image that cannot be read is reported (error: NAME: reason)
+    and the others are prepared; the exit status is then 1."""
+    from ebsr_basicsr._files import printable
     from ebsr_basicsr.data.prepare import PrepareConfig, PrepareError, prepare
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -74,7 +76,11 @@ def main(input_dir, out_dir, name, scales, val, crop_size, step, thresh_size, mo
     try:
         report = prepare(cfg, progress=not quiet)
     except PrepareError as err:
-        raise click.ClickException(str(err))
+        raise click.ClickException(printable(str(err)))
+    except OSError as err:  # writing the output failed (disk full, permissions)
+        raise click.ClickException(printable(f"{err.filename}: {err.strerror}" if err.strerror else str(err)))
+    for name, reason in report.failed:
+        click.echo(f"error: {printable(name)}: {reason}", err=True)
 
     what = "images" if val else "sub-images"
     click.echo(f"{report.images} input images -> {report.written} {what} per folder")
@@ -90,6 +96,10 @@ def main(input_dir, out_dir, name, scales, val, crop_size, step, thresh_size, mo
         click.echo(f"LR x{s}: {d}")
     for p in report.lmdb_paths:
         click.echo(f"LMDB: {p}")
+    if report.failed:
+        click.echo(f"{len(report.failed)} of {report.images} images failed, {report.images - len(report.failed)} "
+                   "prepared", err=True)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

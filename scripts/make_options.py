@@ -150,7 +150,7 @@ def train_yaml(arch: str, scale: int, title: str | None = None, note: str = "") 
 
 # general settings
 name: {name}
-model_type: SRModel
+model_type: BinarySRModel  # BasicSR's SRModel with this package's fixes (EMA BatchNorm statistics, CPU DDP)
 scale: {scale}
 num_gpu: auto  # auto = all visible GPUs; 0 = CPU
 manual_seed: 0
@@ -262,7 +262,7 @@ def test_yaml(arch: str, scale: int) -> str:
 
 # general settings
 name: {name}
-model_type: SRModel
+model_type: BinarySRModel  # BasicSR's SRModel with this package's fixes (EMA BatchNorm statistics, CPU DDP)
 scale: {scale}
 num_gpu: auto  # auto = all visible GPUs; 0 = CPU
 manual_seed: 0
@@ -301,7 +301,7 @@ def cpu_train_yaml() -> str:
 
 # general settings
 name: {CPU_NAME}
-model_type: SRModel
+model_type: BinarySRModel  # BasicSR's SRModel with this package's fixes (EMA BatchNorm statistics, CPU DDP)
 scale: 4
 num_gpu: 0  # CPU
 manual_seed: 0
@@ -391,7 +391,7 @@ def cpu_test_yaml() -> str:
 
 # general settings
 name: {CPU_NAME}
-model_type: SRModel
+model_type: BinarySRModel  # BasicSR's SRModel with this package's fixes (EMA BatchNorm statistics, CPU DDP)
 scale: 4
 num_gpu: 0  # CPU
 manual_seed: 0

@@ -31,8 +31,8 @@ def test_import_is_light_and_registers_through_basicsr():
         "assert 'torch' not in sys.modules and 'basicsr' not in sys.modules\n"
         "from basicsr.utils.registry import ARCH_REGISTRY\n"
         f"assert all(n in ARCH_REGISTRY for n in {NAMES!r})\n"
-        "import importlib, ebsr_basicsr.archs as a\n"
-        "a.register_with_basicsr()  # idempotent: no duplicate-name assertion\n"
+        "from ebsr_basicsr.training.registration import register_with_basicsr\n"
+        "register_with_basicsr()  # idempotent: no duplicate-name assertion\n"
         "assert not any(type(f).__name__ == '_RegisterWhenBasicsrLoads' for f in sys.meta_path)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -190,9 +190,9 @@ def _dataset_opt(folder, **extra):
 def _build(opt):
     from basicsr.data import build_dataset
 
-    from ebsr_basicsr.training import _basicsr_compat
+    from ebsr_basicsr.training.registration import register_with_basicsr
 
-    _basicsr_compat.setup()
+    register_with_basicsr()
     return build_dataset(copy.deepcopy(opt))
 
 

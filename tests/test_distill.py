@@ -25,9 +25,9 @@ def _opt(teacher_path, pixel_weight=1.0, **path):
 
 
 def _build(opt):
-    from ebsr_basicsr.training import _basicsr_compat
+    from ebsr_basicsr.training.registration import register_with_basicsr
 
-    _basicsr_compat.setup()
+    register_with_basicsr()
     from basicsr.models import build_model
 
     return build_model(opt)
@@ -96,20 +96,27 @@ def test_missing_teacher_is_a_clear_error(tmp_path, teacher_checkpoint):
         _build(_opt(str(path), param_key_teacher="params_ema"))
 
 
-def test_resuming_keeps_the_teacher_checkpoint():
+def test_resuming_keeps_the_teacher_checkpoint(tmp_path):
     """BasicSR's check_resume repoints every network_* at the run's own checkpoints and
-    switches param keys to params; the teacher is not the run's to resume."""
-    from ebsr_basicsr.training import _basicsr_compat
-
-    _basicsr_compat.setup()
+    switches param keys to params; the teacher is not the run's to resume. Checked through
+    the load_resume_state that train_pipeline calls under the entry points."""
     import basicsr.train
 
+    from ebsr_basicsr.training._basicsr_compat import entry_point_fixes
+
+    states = tmp_path / "exp" / "training_states"
+    states.mkdir(parents=True)
+    for it in (500, 1000):
+        torch.save({"epoch": 0, "iter": it, "optimizers": [], "schedulers": []}, states / f"{it}.state")
     opt = _opt("teacher.pth", param_key_teacher="params_ema", param_key_g="params_ema",
-               pretrain_network_g="start.pth", models="exp/models")
-    opt["path"]["resume_state"] = "exp/training_states/500.state"
-    basicsr.train.check_resume(opt, 500)
+               pretrain_network_g="start.pth", models="exp/models", training_states=str(states))
+    opt["auto_resume"] = True
+    with entry_point_fixes(cpu=True):
+        state = basicsr.train.load_resume_state(opt)
+    assert state["iter"] == 1000
     path = opt["path"]
-    assert path["pretrain_network_g"].replace("\\", "/") == "exp/models/net_g_500.pth"
+    assert path["resume_state"] == str(states / "1000.state")
+    assert path["pretrain_network_g"].replace("\\", "/") == "exp/models/net_g_1000.pth"
     assert path["param_key_g"] == "params"
     assert path["pretrain_network_teacher"] == "teacher.pth"
     assert path["param_key_teacher"] == "params_ema"

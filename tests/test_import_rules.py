@@ -11,9 +11,11 @@ import sys
 import pytest
 
 TRAINING_ENTRY = """
-from ebsr_basicsr.training import _basicsr_compat
-_basicsr_compat.setup()  # what `python -m ebsr_basicsr.train` runs before BasicSR's pipeline
+from ebsr_basicsr.training import _basicsr_compat, registration
+registration.register_with_basicsr()  # what `python -m ebsr_basicsr.train` runs before BasicSR's pipeline
 import basicsr.train, basicsr.test
+with _basicsr_compat.entry_point_fixes(cpu=True):
+    pass
 """
 
 UPSCALE_ONE_IMAGE = """

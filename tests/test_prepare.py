@@ -200,3 +200,73 @@ def test_cli(hr_folder, tmp_path):
     result = runner.invoke(prepare_cli, [str(hr_folder), "--out", str(tmp_path / "val"), "--val", "--quiet"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "val" / "GTmod12" / "0002.png").is_file()
+
+
+def test_prepare_command_names_what_writes_a_folder():
+    from ebsr_basicsr.data.prepare import prepare_command
+
+    src = "path/to/HR"
+    assert prepare_command("datasets/DIV2K/DIV2K_train_HR_sub", 4, src) == \
+        "ebsr-prepare path/to/HR --out datasets/DIV2K --name DIV2K --scales 4"
+    assert prepare_command("datasets/DIV2K/DIV2K_train_LR_bicubic/X3_sub", 4, src) == \
+        "ebsr-prepare path/to/HR --out datasets/DIV2K --name DIV2K --scales 3"
+    assert prepare_command("d/DIV2K_train_LR_bicubic_X2_sub.lmdb", None, src) == \
+        "ebsr-prepare path/to/HR --out d --name DIV2K --scales 2 --lmdb"
+    assert prepare_command("datasets/Set5/GTmod12", 4, src) == "ebsr-prepare path/to/HR --out datasets/Set5 --val"
+    assert prepare_command("datasets/Set5/LRbicx3.lmdb", 4, src) == \
+        "ebsr-prepare path/to/HR --out datasets/Set5 --val --lmdb"
+    assert prepare_command("my sets/S/GTmod4", 4, src) == "ebsr-prepare path/to/HR --out 'my sets/S' --scales 4 --mod 4 --val"
+    assert prepare_command("datasets/Set5/LRbicx8", 8, src) == "ebsr-prepare path/to/HR --out datasets/Set5 --scales 8 --val"
+    for other in ("datasets/mine", "X4_sub", "a/X4_sub", "a/b_train_LR_bicubic/X4_sub.lmdb"):
+        assert prepare_command(other, 4, src) is None
+
+
+def _bad_images(folder):
+    """Good images beside an empty file, text named .png, a cut PNG and JPEG, and a name with
+    control characters."""
+    cv2.imwrite(str(folder / "good.png"), _textured(96, 96, 7))
+    png = (folder / "good.png").read_bytes()
+    ok, jpg = cv2.imencode(".jpg", _textured(96, 96, 8))
+    (folder / "good2.jpg").write_bytes(jpg.tobytes())
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image")
+    (folder / "cut.png").write_bytes(png[: len(png) // 2])
+    (folder / "cutj.jpg").write_bytes(jpg.tobytes()[: len(jpg) // 2])
+    (folder / "bad\nname\x1b[2J.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return {
+        "bad\\nname\\x1b[2J.png": "truncated PNG (the file ends before the IEND chunk)",
+        "cut.png": "truncated PNG (the file ends inside a 'IDAT' chunk)",
+        "cutj.jpg": "truncated JPEG (no end-of-image marker)",
+        "empty.png": "empty file",
+        "notes.png": "not an image file (unrecognised content)",
+    }
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bad_images_are_reported_and_the_rest_prepared(tmp_path, workers):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    expected = _bad_images(folder)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(prepare_cli, [str(folder), "--out", str(out), "--scales", "2", "--crop-size", "48",
+                                              "--step", "48", "--workers", str(workers), "--quiet"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"error: {name}: {why}" for name, why in sorted(expected.items())] + [
+        "5 of 7 images failed, 2 prepared"]
+    assert "7 input images -> 8 sub-images per folder" in result.stdout
+    names = _names(out / "mixed_train_HR_sub")
+    assert names == [f"good2_s00{i}.png" for i in range(1, 5)] + [f"good_s00{i}.png" for i in range(1, 5)]
+    assert _names(out / "mixed_train_LR_bicubic" / "X2_sub") == names
+
+
+def test_only_bad_images(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    (folder / "b.jpg").write_text("text")
+    report = prepare(PrepareConfig(str(folder), str(tmp_path / "out"), scales=(2,), crop_size=48, step=48, lmdb=True),
+                     progress=False)
+    assert report.written == 0 and report.lmdb_paths == []
+    assert report.failed == [("a.png", "empty file"), ("b.jpg", "not an image file (unrecognised content)")]
+    result = CliRunner().invoke(prepare_cli, [str(folder), "--out", str(tmp_path / "o2"), "--val", "--quiet"])
+    assert result.exit_code == 1 and result.stderr.splitlines()[-1] == "2 of 2 images failed, 0 prepared"

@@ -60,7 +60,7 @@ def _network():
 
 def _train_yml():
     return f"""name: {NAME}
-model_type: SRModel
+model_type: BinarySRModel
 scale: 2
 num_gpu: 0
 manual_seed: 0
@@ -131,7 +131,7 @@ logger:
 
 def _test_yml():
     return f"""name: {NAME}
-model_type: SRModel
+model_type: BinarySRModel
 scale: 2
 num_gpu: 0
 

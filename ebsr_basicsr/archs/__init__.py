@@ -1,36 +1,22 @@
 """Binary SR architectures, registered in BasicSR's ``ARCH_REGISTRY``.
 
 Every ``*_arch.py`` module in this folder is imported here (BasicSR's own convention), which
-runs its ``@register_arch`` decorators. The classes always land in :data:`ARCHS` (usable
-without basicsr, e.g. by the exporter) and, when basicsr is installed and its registry
-module is loaded, in ``basicsr.utils.registry.ARCH_REGISTRY`` too.
+runs its ``@register_arch`` decorators. The classes land in :data:`ARCHS` (usable without
+basicsr, e.g. by the exporter); nothing here imports basicsr.
+:func:`ebsr_basicsr.training.registration.register_with_basicsr` puts them into
+``basicsr.utils.registry.ARCH_REGISTRY`` (``import ebsr_basicsr`` arranges that as soon as
+basicsr is loaded).
 """
 import importlib
-import sys
 from pathlib import Path
 
 ARCHS: dict = {}
 
 
 def register_arch(cls):
-    """Class decorator: add an architecture to :data:`ARCHS` (and to BasicSR's registry
-    if that is loaded already)."""
+    """Class decorator: add an architecture to :data:`ARCHS`."""
     ARCHS[cls.__name__] = cls
-    _register_in_basicsr(cls)
     return cls
-
-
-def _register_in_basicsr(cls) -> None:
-    registry_module = sys.modules.get("basicsr.utils.registry")
-    registry = getattr(registry_module, "ARCH_REGISTRY", None)
-    if registry is not None and cls.__name__ not in registry:
-        registry.register(cls)
-
-
-def register_with_basicsr() -> None:
-    """Add every architecture to BasicSR's registry (idempotent)."""
-    for cls in ARCHS.values():
-        _register_in_basicsr(cls)
 
 
 def build_arch(opt: dict):

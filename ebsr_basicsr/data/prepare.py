@@ -32,11 +32,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from functools import reduce
-from pathlib import Path
-from typing import Iterable, Sequence
+from pathlib import Path, PurePath
+from typing import Iterable, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -44,6 +46,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+DEFAULT_SCALES = (2, 3, 4)
 PNG_COMPRESSION = 3  # what BasicSR's extract_subimages uses: fast, and files stay small
 
 
@@ -58,7 +61,7 @@ class PrepareConfig:
     input_dir: str
     out_dir: str
     name: str | None = None
-    scales: Sequence[int] = (2, 3, 4)
+    scales: Sequence[int] = DEFAULT_SCALES
     val: bool = False
     crop_size: int = 480
     step: int = 240
@@ -80,6 +83,7 @@ class PrepareReport:
     written: int = 0  # sub-images (train) or whole images (val) per folder
     dropped_flat: int = 0
     skipped_small: list = field(default_factory=list)
+    failed: list = field(default_factory=list)  # (file name, reason) of each image that could not be read
     hr_dir: str = ""
     lr_dirs: dict = field(default_factory=dict)  # scale -> folder
     lmdb_paths: list = field(default_factory=list)
@@ -139,11 +143,22 @@ def flatness(crop_bgr: np.ndarray) -> tuple[float, float]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """8-bit BGR image (grey is expanded to 3 channels, alpha dropped)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise PrepareError(f"cannot read image: {path}")
-    return img
+    """8-bit BGR image, upright by its EXIF orientation (grey is expanded to 3 channels,
+    alpha dropped, 16 bits rounded to 8). A PrepareError gives the reason a file is not one
+    (unreadable, empty, truncated, corrupt, not an image), as ``ebsr-upscale`` reads them."""
+    from ..upscale.imageio import ImageReadError, read_image as read_stored
+
+    try:
+        img = read_stored(path)
+    except ImageReadError as exc:
+        raise PrepareError(str(exc)) from None
+    if img.dtype == np.uint16:
+        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise PrepareError(f"{img.dtype} pixels are not supported (8- or 16-bit images only)")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    return np.ascontiguousarray(img[:, :, :3]) if img.shape[2] == 4 else img
 
 
 def bicubic_downsample(img_bgr: np.ndarray, scale: int) -> np.ndarray:
@@ -184,27 +199,80 @@ def output_dirs(cfg: PrepareConfig) -> tuple[str, dict]:
     return hr, lrs
 
 
-def _process_image(job):
-    """Worker: prepare one HR image. Returns (stem, written, dropped, too_small)."""
+def prepare_command(folder: str, scale: int | None = None, source: str = "path/to/HR_images") -> str | None:
+    """The ``ebsr-prepare`` command that writes ``folder`` (a path as an option file names
+    it, e.g. ``datasets/DIV2K/DIV2K_train_LR_bicubic/X4_sub``), with ``source`` standing for
+    the folder of HR images; None when ``folder`` is not named the way ebsr-prepare names its
+    output. ``scale`` (the option file's) is used when the name does not tell it."""
+    path = PurePath(folder)
+    name = path.name
+    lmdb = name.endswith(".lmdb")
+    stem = name[: -len(".lmdb")] if lmdb else name
+    out, data_name, scales, val, mod = path.parent, None, [scale] if scale else [], False, None
+    if match := re.fullmatch(r"GTmod(\d+)", stem):
+        val, mod = True, int(match[1])
+    elif match := re.fullmatch(r"LRbicx(\d+)", stem):
+        val, scales = True, [int(match[1])]
+    elif match := re.fullmatch(r"(.+)_train_HR_sub", stem):
+        data_name = match[1]
+    elif match := re.fullmatch(r"(.+)_train_LR_bicubic_X(\d+)_sub", stem):  # the LMDB of an LR folder
+        data_name, scales = match[1], [int(match[2])]
+    elif (match := re.fullmatch(r"X(\d+)_sub", stem)) and not lmdb and \
+            (parent := re.fullmatch(r"(.+)_train_LR_bicubic", path.parent.name)):
+        out, data_name, scales = path.parent.parent, parent[1], [int(match[1])]
+    else:
+        return None
+    words = ["ebsr-prepare", source, "--out", out.as_posix()]
+    if val:
+        # the default scales 2,3,4 give GTmod12 and LRbicx2/3/4 (BasicSR's benchmark layout)
+        if mod is not None and mod != lcm(DEFAULT_SCALES):
+            words += ["--scales", ",".join(map(str, scales or [mod])), "--mod", str(mod)]
+        elif mod is None and scales[0] not in DEFAULT_SCALES:
+            words += ["--scales", str(scales[0])]
+        words.append("--val")
+    else:
+        words += ["--name", data_name]
+        if scales:
+            words += ["--scales", ",".join(map(str, scales))]
+    if lmdb:
+        words.append("--lmdb")
+    return " ".join(shlex.quote(w) for w in words)
+
+
+class _Result(NamedTuple):
+    """What :func:`_process_image` did with one HR image."""
+
+    name: str  # the file's name
+    written: int = 0
+    dropped: int = 0
+    too_small: bool = False
+    error: str | None = None  # why the image could not be read
+
+
+def _process_image(job) -> _Result:
+    """Worker: prepare one HR image."""
     path, cfg, hr_dir, lr_dirs = job
     mod = cfg.mod or lcm(cfg.scales)
-    hr = mod_crop(read_image(Path(path)), mod)
-    stem = Path(path).stem
+    name, stem = Path(path).name, Path(path).stem
+    try:
+        hr = mod_crop(read_image(Path(path)), mod)
+    except PrepareError as exc:
+        return _Result(name, error=str(exc))
     h, w = hr.shape[:2]
     if h == 0 or w == 0:
-        return stem, 0, 0, True
+        return _Result(name, too_small=True)
     lrs = {s: bicubic_downsample(hr, s) for s in cfg.scales}
 
     if cfg.val:
         _write_png(os.path.join(hr_dir, f"{stem}.png"), hr, cfg.compress_level)
         for s, lr in lrs.items():
             _write_png(os.path.join(lr_dirs[s], f"{stem}.png"), lr, cfg.compress_level)
-        return stem, 1, 0, False
+        return _Result(name, written=1)
 
     ys = crop_positions(h, cfg.crop_size, cfg.step, cfg.thresh_size)
     xs = crop_positions(w, cfg.crop_size, cfg.step, cfg.thresh_size)
     if not ys or not xs:
-        return stem, 0, 0, True
+        return _Result(name, too_small=True)
     written = dropped = 0
     index = 0
     for y in ys:
@@ -223,7 +291,7 @@ def _process_image(job):
                 lr_crop = np.ascontiguousarray(lr[y_s : y_s + c, x_s : x_s + c])
                 _write_png(os.path.join(lr_dirs[s], sub_name), lr_crop, cfg.compress_level)
             written += 1
-    return stem, written, dropped, False
+    return _Result(name, written, dropped)
 
 
 def _init_worker():
@@ -286,7 +354,8 @@ def _make_lmdb(folder: str, lmdb_path: str, progress: bool) -> None:
 
 def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareReport:
     """Run one preparation (see the module docstring). Raises PrepareError on bad input
-    or when an output folder already exists and ``cfg.overwrite`` is False."""
+    or when an output folder already exists and ``cfg.overwrite`` is False. An image that
+    cannot be read does not stop the run: it is listed in ``report.failed`` with the reason."""
     from tqdm import tqdm
 
     cfg.scales = sorted({int(s) for s in cfg.scales})
@@ -330,14 +399,19 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareReport:
             bar.update(1)
     bar.close()
 
-    for stem, written, dropped, too_small in sorted(results):
-        report.written += written
-        report.dropped_flat += dropped
-        if too_small:
-            report.skipped_small.append(stem)
+    for result in sorted(results):
+        report.written += result.written
+        report.dropped_flat += result.dropped
+        if result.too_small:
+            report.skipped_small.append(Path(result.name).stem)
+        if result.error is not None:
+            report.failed.append((result.name, result.error))
     if report.skipped_small:
         logger.warning("%d image(s) smaller than the crop size were skipped: %s",
                        len(report.skipped_small), ", ".join(report.skipped_small[:10]))
+    if report.failed and report.written == 0:
+        report.lmdb_paths = []  # nothing to put into them; the caller reports the failures
+        return report
     if report.written == 0:
         raise PrepareError(
             f"no {what} written from {cfg.input_dir}: images smaller than the crop size "

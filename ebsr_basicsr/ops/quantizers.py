@@ -100,6 +100,16 @@ class RSign(SignQuantizer):
         return self._fn(x - channel_view(self.threshold, x))
 
 
+def _mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """``value`` averaged over the processes of a distributed run (as is, outside one)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / dist.get_world_size()
+
+
 class ElasticSign(RSign):
     """SCALES' layer-wise scaling factor: ``alpha * sign((x - b) / alpha)``.
 
@@ -107,7 +117,8 @@ class ElasticSign(RSign):
     nothing in the forward pass but moves the gradient's window to ``|x - b| <= alpha``
     (the elastic binarization of BiT); ``alpha`` is returned as :attr:`output_scale` and
     multiplied into the layer's output, so the quantized tensor stays ±1. ``alpha`` is
-    initialised from the first training batch to ``2 * mean|x - b|``.
+    initialised from the first training batch to ``2 * mean|x - b|``; in distributed
+    training the mean is taken over every process's batch, so that all start alike.
     """
 
     def __init__(self, channels: int, gradient: str = "approx"):
@@ -123,7 +134,7 @@ class ElasticSign(RSign):
         centred = x - channel_view(self.threshold, x)
         if self.training and not bool(self.initialized):
             with torch.no_grad():
-                self.alpha.fill_(float(2 * centred.abs().mean().clamp(min=1e-3)))
+                self.alpha.fill_(float(2 * _mean_over_processes(centred.abs().mean()).clamp(min=1e-3)))
                 self.initialized.fill_(True)
         return self._fn(centred / self.alpha.abs().clamp(min=1e-6))
 

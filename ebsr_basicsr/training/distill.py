@@ -1,11 +1,12 @@
 """Knowledge distillation for BasicSR: a student that also learns from a frozen teacher.
 
-``model_type: DistillSRModel`` is BasicSR's ``SRModel`` plus one loss: the student's output
+``model_type: DistillSRModel`` is :class:`~ebsr_basicsr.training.sr_model.BinarySRModel` (BasicSR's
+``SRModel`` with this package's fixes) plus one loss: the student's output
 is pulled towards the output of a trained, frozen teacher (typically a full-precision net
 such as BasicSR's ``EDSR``) on the same LR patch. It can only help when the teacher is clearly
 better than the student: an FP net of a few hundred thousand iterations, not one of the
 student's own budget (the README measures both). Everything else
-(validation, EMA, checkpoints, resuming, ``net_g`` export) is ``SRModel``'s; the teacher is
+(validation, EMA, checkpoints, resuming, ``net_g`` export) is ``BinarySRModel``'s; the teacher is
 never saved, it is rebuilt from its own checkpoint when a run resumes. Option keys::
 
     network_teacher:            # any architecture in ARCH_REGISTRY, built like network_g
@@ -27,13 +28,15 @@ from collections import OrderedDict
 import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
-from basicsr.models.sr_model import SRModel
+from basicsr.utils.registry import MODEL_REGISTRY
 
 from .checkpoint import load_state_dict
+from .sr_model import BinarySRModel
 
 
-class DistillSRModel(SRModel):
-    """``SRModel`` whose training loss adds ``distill_opt(student(lq), teacher(lq))``."""
+@MODEL_REGISTRY.register()
+class DistillSRModel(BinarySRModel):
+    """``BinarySRModel`` whose training loss adds ``distill_opt(student(lq), teacher(lq))``."""
 
     def init_training_settings(self):
         super().init_training_settings()
@@ -75,10 +78,3 @@ class DistillSRModel(SRModel):
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
-
-def register_with_basicsr() -> None:
-    """Add ``DistillSRModel`` to BasicSR's ``MODEL_REGISTRY`` (idempotent)."""
-    from basicsr.utils.registry import MODEL_REGISTRY
-
-    if "DistillSRModel" not in MODEL_REGISTRY:
-        MODEL_REGISTRY.register(DistillSRModel)

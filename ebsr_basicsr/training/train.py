@@ -5,24 +5,15 @@
 
 (also available as ``basicsr train ...``). The arguments are BasicSR's own: they are read
 by ``basicsr.utils.options.parse_options``. ``experiments/`` and ``tb_logger/`` are
-created under the current directory.
+created under the current directory, once the option file's data has been found.
 """
-import os
-import sys
+from .pipeline import run
 
 
 def main(argv=None):
     """Run ``basicsr.train.train_pipeline``; ``argv`` (without the program name) replaces
     ``sys.argv[1:]`` when given."""
-    from . import _basicsr_compat
-
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    _basicsr_compat.check_option_file(sys.argv[1:])
-    _basicsr_compat.setup()  # register our archs, make resuming etc. work without CUDA
-    from basicsr.train import train_pipeline
-
-    train_pipeline(os.getcwd())
+    run("train", argv)
 
 
 if __name__ == "__main__":
