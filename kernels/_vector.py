@@ -17,7 +17,7 @@ from llvmlite import ir
 
 _I64 = ir.IntType(64)
 
-__all__ = ["make_epilogue64", "abs_sum64_ref", "make_store_fence", "make_fma_tile", "make_conv3_fma_tile"]
+__all__ = ["make_epilogue64", "abs_sum64_ref", "make_store_fence", "make_fma_tile", "make_conv_fma_tile"]
 
 _LANES = 64
 
@@ -309,32 +309,37 @@ def make_fma_tile(P, NV):
     return tile
 
 
-def _conv3_tile_python(P, NV):
+def _conv_tile_python(P, NV, KW, stride):
     def tile(x, w, z, m0, iy, ix, o0):
         lanes = slice(o0, o0 + 16 * NV)
         for p in range(P):
             acc = np.zeros(16 * NV, np.float64)
             for ky in range(3):
-                for kx in range(3):
-                    acc += x[iy + ky, ix + p + kx, :].astype(np.float64) @ w[ky, kx, :, lanes].astype(np.float64)
+                for kx in range(KW):
+                    acc += x[iy + ky, ix + p * stride + kx, :].astype(np.float64) @ w[ky, kx, :, lanes].astype(np.float64)
             z[m0 + p, lanes] = acc.astype(np.float32)
     return tile
 
 
-def make_conv3_fma_tile(P, NV):
+def make_conv_fma_tile(P, NV, KW=3, stride=1):
     """Build ``tile(x, w, z, m0, iy, ix, o0)``, the register-blocked micro-kernel of a direct
-    3x3 float convolution: for ``p < P`` and the ``16*NV`` output channels from ``o0``::
+    float convolution with 3 rows of taps and ``KW`` columns: for ``p < P`` and the ``16*NV``
+    output lanes from ``o0``::
 
-        z[m0 + p, o] = sum_{c, ky, kx} x[iy + ky, ix + p + kx, c] * w[ky, kx, c, o]
+        z[m0 + p, o] = sum_{c, ky, kx < KW} x[iy + ky, ix + p*stride + kx, c] * w[ky, kx, c, o]
 
     (fused multiply-adds, ``c`` outermost). ``x`` float32 ``(Hx, Wx, C)`` (an already padded
-    band of input rows), ``w`` float32 ``(3, 3, C, Opad)``, ``z`` float32 ``(rows, Opad)``, all
+    band of input rows), ``w`` float32 ``(3, KW, C, Opad)``, ``z`` float32 ``(rows, Opad)``, all
     C-contiguous, ``Opad`` a multiple of ``16*NV``; no bounds are checked. The ``P*NV``
     accumulators stay in 512-bit registers; each input value is loaded once per ``c`` and
     broadcast to every tap and pixel that uses it.
+
+    A 3x3 conv is ``KW=3, stride=1``. With few output channels ``O``, ``G = 16/O`` pixels
+    share one vector: ``stride=G``, ``KW=G+2`` and lane ``q*O + o`` of ``w[ky, u, c]`` holding
+    the weight of output ``o`` at tap ``u - q`` (zero outside 0..2), so no lane is wasted.
     """
     if config.DISABLE_JIT:
-        return _conv3_tile_python(P, NV)
+        return _conv_tile_python(P, NV, KW, stride)
 
     f32, i32 = ir.FloatType(), ir.IntType(32)
     vec = ir.VectorType(f32, 16)
@@ -373,18 +378,19 @@ def make_conv3_fma_tile(P, NV):
                 splats = {}
                 for ky in range(3):
                     row = builder.mul(builder.add(iy_, const(ky)), wx_len)
-                    for col in range(P + 2):  # the input pixels this tile's windows read on row ky
+                    for col in range((P - 1) * stride + KW):  # the input pixels the windows read on row ky
                         x_idx = builder.add(builder.mul(builder.add(row, builder.add(ix_, const(col))), n_c), c)
                         xv = builder.load(builder.gep(xa.data, [x_idx]))
                         splats[ky, col] = builder.shuffle_vector(
                             builder.insert_element(undef, xv, ir.Constant(i32, 0)), undef, splat_mask)
-                    for kx in range(3):
-                        base = builder.add(builder.mul(builder.add(builder.mul(const(ky * 3 + kx), n_c), c), opad), o0_)
+                    for kx in range(KW):
+                        base = builder.add(builder.mul(builder.add(builder.mul(const(ky * KW + kx), n_c), c), opad),
+                                           o0_)
                         w_vecs = [builder.load(builder.bitcast(builder.gep(wa.data, [builder.add(base, const(16 * v))]),
                                                                vec.as_pointer()), align=4) for v in range(NV)]
                         for p in range(P):
                             for v in range(NV):
-                                builder.store(builder.call(fma, [splats[ky, p + kx], w_vecs[v],
+                                builder.store(builder.call(fma, [splats[ky, p * stride + kx], w_vecs[v],
                                                                  builder.load(accs[p][v])]), accs[p][v])
             for p in range(P):
                 row = builder.add(builder.mul(builder.add(m0_, const(p)), n_z), o0_)

@@ -5,8 +5,8 @@ An im2col GEMM spends most of its time building and reading a 9x larger matrix w
 input has few channels, and BLAS handles a GEMM with few columns poorly (and its spinning
 threads then take the core the next kernel needs). Here each output row is computed from a
 ring of three padded input rows by a register-blocked FMA tile
-(:func:`._vector.make_conv3_fma_tile`, 8 pixels x 16 output channels), bands of rows in
-parallel.
+(:func:`._vector.make_conv_fma_tile`, 8 pixels x 16 output channels; with 4 or fewer output
+channels, 4 pixels share each 16-lane vector so no lane is wasted), bands of rows in parallel.
 
 * :func:`conv3x3` - ``(H, W, C) -> (H, W, O)`` plus bias (PyTorch ``conv2d``, padding 1).
 * :func:`conv3x3_to_image` - the upsampler's conv with its pixel shuffle and the output
@@ -19,7 +19,7 @@ References: :func:`conv3x3_ref`, :func:`conv3x3_to_image_ref`.
 import numpy as np
 from numba import njit, prange
 
-from ._vector import make_conv3_fma_tile
+from ._vector import make_conv_fma_tile
 from .bitpack import _check_map
 from .fpconv import conv2d_ref
 from .ops import _bilinear_axis, pixel_shuffle_ref, resize_bilinear_ref
@@ -27,7 +27,32 @@ from .ops import _bilinear_axis, pixel_shuffle_ref, resize_bilinear_ref
 __all__ = ["conv3x3", "conv3x3_ref", "conv3x3_to_image", "conv3x3_to_image_ref"]
 
 _P, _LANES = 8, 16
-_tile = make_conv3_fma_tile(_P, 1)
+_tile = make_conv_fma_tile(_P, 1)                   # 8 pixels x 16 channels
+_tile_g2 = make_conv_fma_tile(_P, 1, KW=4, stride=2)  # 8 x 2 pixels x 8 channels
+_tile_g4 = make_conv_fma_tile(_P, 1, KW=6, stride=4)  # 8 x 4 pixels x 4 channels
+
+
+def _group(O):
+    """Pixels per 16-lane vector for ``O`` output channels."""
+    return 4 if O <= 4 else 2 if O <= 8 else 1
+
+
+def _tap_weights(w, G):
+    """The tile's weights ``(3, G+2, C, Opad)`` of a conv weight ``(O, C, 3, 3)``: for ``G == 1``
+    the taps with the channels padded to 16; else lane ``q*(16/G) + o`` of tap column ``u``
+    holds ``w[o, :, ky, u - q]`` (zero where ``u - q`` is outside 0..2)."""
+    O, C = w.shape[:2]
+    if G == 1:
+        opad = -(-O // _LANES) * _LANES
+        wt = np.zeros((3, 3, C, opad), np.float32)
+        wt[..., :O] = np.transpose(w, (2, 3, 1, 0))
+        return wt
+    per = _LANES // G
+    wt = np.zeros((3, G + 2, C, _LANES), np.float32)
+    for q in range(G):
+        for kx in range(3):
+            wt[:, q + kx, :, q * per:q * per + O] = np.transpose(w[:, :, :, kx], (2, 1, 0))
+    return wt
 
 
 # --------------------------------------------------------------------------- references
@@ -64,6 +89,27 @@ def _zero_row_nb(ring, slot):
     ring[slot + 3] = 0
 
 
+# one small function per tile shape: inlining all three into the band loop made LLVM's code
+# for each of them slower (measured 1.7x on the 64 -> 16 conv)
+@njit(cache=True, fastmath=False)
+def _row_tiles_nb(ring, wt, z, s0, W):
+    for x0 in range(0, W, _P):
+        for o0 in range(0, wt.shape[3], _LANES):
+            _tile(ring, wt, z, x0, s0, x0, o0)
+
+
+@njit(cache=True, fastmath=False)
+def _row_tiles_g2_nb(ring, wt, z, s0, W):
+    for x0 in range(0, W, 2 * _P):
+        _tile_g2(ring, wt, z, x0 // 2, s0, x0, 0)
+
+
+@njit(cache=True, fastmath=False)
+def _row_tiles_g4_nb(ring, wt, z, s0, W):
+    for x0 in range(0, W, 4 * _P):
+        _tile_g4(ring, wt, z, x0 // 4, s0, x0, 0)
+
+
 @njit(cache=True, fastmath=False)
 def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, image, mean, ys0, ys1, yw0, yw1, xs0, xs1, xw0, xw1, out):
     """Output rows ``h0 .. h1-1``. ``mode`` 0: ``out[h, w, o] = conv + bias``; 1: shuffled,
@@ -71,10 +117,14 @@ def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, image, mean, ys0, ys1, yw0
     H, W, C = x.shape
     opad = wt.shape[3]
     O = bias.shape[0]
-    tiles = (W + _P - 1) // _P
-    width = tiles * _P + 2
+    G = wt.shape[1] - 2  # pixels per vector
+    per = opad if G == 1 else _LANES // G  # lanes per pixel
+    tw = _P * G  # pixels per tile call
+    tiles = (W + tw - 1) // tw
+    width = tiles * tw + 2
     ring = np.zeros((6, width, C), dtype=np.float32)  # 3 padded rows, stored twice; row -1 is 0
-    z = np.empty((tiles * _P, opad), dtype=np.float32)
+    z = np.empty((tiles * tw, opad), dtype=np.float32)
+    zf = z.reshape(-1)  # pixel j, channel o at zf[j * per + o] whatever G
     co = O // (s * s)
     for r in range(max(h0 - 1, 0), min(h0 + 1, H)):
         _load_row_nb(x, r, ring, r % 3)
@@ -84,13 +134,16 @@ def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, image, mean, ys0, ys1, yw0
         else:
             _zero_row_nb(ring, (h + 1) % 3)
         s0 = (h + 2) % 3
-        for x0 in range(0, W, _P):
-            for o0 in range(0, opad, _LANES):
-                _tile(ring, wt, z, x0, s0, x0, o0)
+        if G == 1:
+            _row_tiles_nb(ring, wt, z, s0, W)
+        elif G == 2:
+            _row_tiles_g2_nb(ring, wt, z, s0, W)
+        else:
+            _row_tiles_g4_nb(ring, wt, z, s0, W)
         if mode == 0:
             for j in range(W):
                 for o in range(O):
-                    out[h, j, o] = z[j, o] + bias[o]
+                    out[h, j, o] = zf[j * per + o] + bias[o]
             continue
         for a in range(s):
             oy = h * s + a
@@ -99,7 +152,8 @@ def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, image, mean, ys0, ys1, yw0
                 for b in range(s):
                     ox = j * s + b
                     for c in range(co):
-                        v = (z[j, (c * s + a) * s + b] + bias[(c * s + a) * s + b]) / img_range
+                        o = (c * s + a) * s + b
+                        v = (zf[j * per + o] + bias[o]) / img_range
                         if mode == 1:
                             x0_, x1_, wx0, wx1 = xs0[ox], xs1[ox], xw0[ox], xw1[ox]
                             top = wx0 * image[y0, x0_, c] + wx1 * image[y0, x1_, c]
@@ -129,9 +183,7 @@ def _prepare(x, w, bias):
     bias = np.zeros(O, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     if bias.shape != (O,):
         raise ValueError("bias must have shape (%d,), got %s" % (O, bias.shape))
-    opad = -(-O // _LANES) * _LANES
-    wt = np.zeros((3, 3, w.shape[1], opad), np.float32)
-    wt[..., :O] = np.transpose(w, (2, 3, 1, 0))
+    wt = _tap_weights(w, _group(O))
     H = x.shape[0]
     n = min(H, max(1, 4 * get_num_threads())) if H else 1
     bands = np.linspace(0, H, n + 1).round().astype(np.int64)

@@ -122,7 +122,7 @@ def _stack_tile_nb(x, w, mul, bias, thr, slope, spatial, pad_words, K, residual,
     bits = np.empty((L, 6, width, CW), dtype=np.uint64)
     stat = np.zeros((L, 3, bw + 2), dtype=np.float64)
     fl = np.zeros((L, 2, bw, C), dtype=np.float32)
-    dots = np.empty((ntile * _P, Opad), dtype=np.float32)
+    dots = np.empty((_P, Opad), dtype=np.float32)
     ones = np.ones(C, dtype=np.float32)
     sink = np.zeros(1, dtype=np.float64)
     colsum = np.zeros(bw + 2, dtype=np.float64)
@@ -145,9 +145,6 @@ def _stack_tile_nb(x, w, mul, bias, thr, slope, spatial, pad_words, K, residual,
                 _pad_rows_nb(bl, H % 3, pad_words, width, CW)
             # XNOR-popcount of the whole buffer row into dots
             s0 = (r + 2) % 3  # slot of row r - 1
-            for x0 in range(0, bw, _P):
-                for o0 in range(0, Opad, TILE_LANES):
-                    _tile(bl, wl, dots, x0, s0, x0, 1, o0, K)
             last = l == L - 1
             nxt = l + 1 if not last else l
             # views made once per row: making one costs atomic reference-count updates
@@ -183,24 +180,27 @@ def _stack_tile_nb(x, w, mul, bias, thr, slope, spatial, pad_words, K, residual,
                 res = flf
                 res_base = (l * 2 + r % 2) * bw * C
             bits_a, bits_b = bits[nxt, r % 3], bits[nxt, r % 3 + 3]
-            for j in range(j_lo, j_hi):
-                s_off = 0 if last else s_base + j
-                sums[s_off] = 0.0
-                for cw in range(CW):
-                    cb = 64 * cw
-                    word = _epilogue64(dots, j * Opad + cb, mul_l, bias_l, cb, min(64, C - cb), ss[j], ones, res,
-                                       res_base + j * C + cb, True, slope_l, dest, d_base + j * C + cb, False,
-                                       thr_n, cb, sums, s_off)
-                    if not last:
-                        bits_a[1 + j, cw] = word
-                        bits_b[1 + j, cw] = word
-                if last:
-                    if has_res:
-                        col = c0 + j
-                        for c in range(C):
-                            out[r, col, c] += residual[r, col, c]
-                else:
-                    statf[s_off] /= C
+            for x0 in range(j_lo - j_lo % _P, j_hi, _P):  # a tile of pixels, then its epilogue from L1
+                for o0 in range(0, Opad, TILE_LANES):
+                    _tile(bl, wl, dots, 0, s0, x0, 1, o0, K)
+                for j in range(max(x0, j_lo), min(x0 + _P, j_hi)):
+                    s_off = 0 if last else s_base + j
+                    sums[s_off] = 0.0
+                    for cw in range(CW):
+                        cb = 64 * cw
+                        word = _epilogue64(dots, (j - x0) * Opad + cb, mul_l, bias_l, cb, min(64, C - cb), ss[j],
+                                           ones, res, res_base + j * C + cb, True, slope_l, dest,
+                                           d_base + j * C + cb, False, thr_n, cb, sums, s_off)
+                        if not last:
+                            bits_a[1 + j, cw] = word
+                            bits_b[1 + j, cw] = word
+                    if last:
+                        if has_res:
+                            col = c0 + j
+                            for c in range(C):
+                                out[r, col, c] += residual[r, col, c]
+                    else:
+                        statf[s_off] /= C
 
 
 @njit(cache=True, fastmath=False, parallel=True)
