@@ -19,6 +19,9 @@ API (maps are float32 NHWC without N, ``(H, W, C)``):
 * ``pixel_shuffle``, ``resize_bilinear``, ``resize_nearest``, ``map_stats`` (per-pixel
   statistic and channel means in one pass), ``box_filter_mean_abs``; ``empty_aligned``
   (output buffers for streaming stores)
+* ``binary_stack(x, w_bits, mul, bias, thr, slope, spatial, pad_value, residual, *, tiles)``:
+  a stack of identical binary units run row by row with cache-resident line buffers;
+  ``stack_tiles`` plans its tiles
 * ``rgb_to_ycbcr``, ``ycbcr_upscale_to_rgb`` (the colour path of luma models, chroma
   upscaled bicubically on the fly)
 
@@ -46,6 +49,7 @@ from .bitpack import (n_words, pack_signs, pack_signs_ref, pack_weights, pack_we
                       unpack_weights, unpack_weights_ref, valid_bits_mask, weight_tap_sums, weight_tap_sums_ref)
 from .bconv import binary_conv2d, binary_conv2d_ref
 from ._epilogue import empty_aligned
+from .fused import binary_stack, binary_stack_ref, stack_tiles
 from .color import rgb_to_ycbcr, rgb_to_ycbcr_ref, resize_bicubic_ref, ycbcr_upscale_to_rgb, ycbcr_upscale_to_rgb_ref
 from .fpconv import conv2d, conv2d_ref, conv_weight_matrix
 from .ops import (box_filter_mean_abs, box_filter_mean_abs_ref, map_stats, map_stats_ref,
@@ -64,6 +68,7 @@ __all__ = [
     "resize_bilinear", "resize_bilinear_ref", "resize_nearest", "resize_nearest_ref",
     "box_filter_mean_abs", "box_filter_mean_abs_ref", "map_stats", "map_stats_ref",
     "popcount_ref",
+    "binary_stack", "binary_stack_ref", "stack_tiles",
     "rgb_to_ycbcr", "rgb_to_ycbcr_ref", "ycbcr_upscale_to_rgb", "ycbcr_upscale_to_rgb_ref", "resize_bicubic_ref",
 ]
 

@@ -17,7 +17,7 @@ from llvmlite import ir
 
 _I64 = ir.IntType(64)
 
-__all__ = ["make_epilogue64", "make_store_fence", "make_fma_tile"]
+__all__ = ["make_epilogue64", "abs_sum64_ref", "make_store_fence", "make_fma_tile"]
 
 _LANES = 64
 
@@ -33,10 +33,29 @@ def _epilogue64_python(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use
     v = np.where(v >= 0, v, v * slope).astype(np.float32)
     out.reshape(-1)[out_off:out_off + n] = v
     neg = (v - ns[ns_off:ns_off + n]) < 0
-    return np.uint64(int(np.sum(neg.astype(np.uint64) << np.arange(n, dtype=np.uint64))))
+    return np.uint64(int(np.sum(neg.astype(np.uint64) << np.arange(n, dtype=np.uint64)))), v
 
 
-def make_epilogue64():
+def abs_sum64_ref(v):
+    """float64 sum of ``|v|`` over up to 64 float32 lanes, in the tree order of the jitted
+    epilogue: the lanes (zero-padded to 64) are halved and added pairwise, 32+32, 16+16, ..."""
+    d = np.zeros(_LANES, np.float64)
+    d[:len(v)] = np.abs(np.asarray(v, np.float32))
+    while len(d) > 1:
+        half = len(d) // 2
+        d = d[:half] + d[half:]
+    return float(d[0])
+
+
+def _epilogue64_abs_python(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off,
+                           stream, ns, ns_off, sums, sums_off):
+    word, v = _epilogue64_python(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off,
+                                 stream, ns, ns_off)
+    sums.reshape(-1)[sums_off] += abs_sum64_ref(v)
+    return word
+
+
+def make_epilogue64(abs_sums=False):
     """Build ``epilogue64(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res,
     slope, out, out_off, stream, ns, ns_off) -> uint64``.
 
@@ -50,9 +69,14 @@ def make_epilogue64():
     and returns the word whose bit ``l`` is ``v - ns[ns_off + l] < 0`` (bits ``>= n`` are 0). Lanes
     ``>= n`` touch no memory. No bounds are checked. If ``stream`` is true, a full word
     (``n == 64``) whose destination is 64-byte aligned is stored with non-temporal stores.
+
+    With ``abs_sums=True`` it takes two more arguments, ``sums`` (float64, flat) and
+    ``sums_off``, and also adds the sum of ``|v|`` over the lanes, computed in float64 from the
+    registers in the tree order of :func:`abs_sum64_ref`, to ``sums[sums_off]`` (the input of
+    the next layer's spatial re-scaling, without reading the stored values back).
     """
     if config.DISABLE_JIT:
-        return _epilogue64_python
+        return _epilogue64_abs_python if abs_sums else (lambda *a: _epilogue64_python(*a)[0])
 
     f32 = ir.FloatType()
     i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -65,9 +89,8 @@ def make_epilogue64():
     def f32_array(t):
         return isinstance(t, types.Array) and t.layout == "C" and t.dtype == types.float32
 
-    @intrinsic
-    def epilogue64(typingctx, src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out,
-                   out_off, stream, ns, ns_off):
+    def typer(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, stream, ns,
+              ns_off, *extra):
         arrays = (src, mul, bias, cs, res, out, ns)
         ints = (src_off, ob, n, res_off, out_off, ns_off)
         if not all(f32_array(a) for a in arrays) or not all(isinstance(t, types.Integer) for t in ints):
@@ -75,81 +98,111 @@ def make_epilogue64():
         if not (isinstance(use_res, types.Boolean) and isinstance(stream, types.Boolean)
                 and sc == types.float32 and slope == types.float32):
             return None
-        sig = types.uint64(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off,
-                           stream, ns, ns_off)
+        if abs_sums and not (len(extra) == 2 and isinstance(extra[0], types.Array) and extra[0].layout == "C"
+                             and extra[0].dtype == types.float64 and isinstance(extra[1], types.Integer)):
+            return None
+        return types.uint64(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off,
+                            stream, ns, ns_off, *extra)
 
-        def codegen(context, builder, signature, args):
-            (a_src, a_src_off, a_mul, a_bias, a_ob, a_n, a_sc, a_cs, a_res, a_res_off, a_use_res, a_slope,
-             a_out, a_out_off, a_stream, a_ns, a_ns_off) = args
-            tys = signature.args
+    if abs_sums:
+        @intrinsic
+        def epilogue64(typingctx, src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out,
+                       out_off, stream, ns, ns_off, sums, sums_off):
+            sig = typer(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, stream,
+                        ns, ns_off, sums, sums_off)
+            return None if sig is None else (sig, codegen)
+    else:
+        @intrinsic
+        def epilogue64(typingctx, src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out,
+                       out_off, stream, ns, ns_off):
+            sig = typer(src, src_off, mul, bias, ob, n, sc, cs, res, res_off, use_res, slope, out, out_off, stream,
+                        ns, ns_off)
+            return None if sig is None else (sig, codegen)
 
-            def data(i, value):
-                return context.make_array(tys[i])(context, builder, value).data
+    # the code generator, shared by both signatures
+    def codegen(context, builder, signature, args):
+        (a_src, a_src_off, a_mul, a_bias, a_ob, a_n, a_sc, a_cs, a_res, a_res_off, a_use_res, a_slope,
+         a_out, a_out_off, a_stream, a_ns, a_ns_off) = args[:17]
+        tys = signature.args
 
-            def idx(i, value):
-                return context.cast(builder, value, tys[i], types.intp)
+        def data(i, value):
+            return context.make_array(tys[i])(context, builder, value).data
 
-            module = builder.module
-            load_fn = cgutils.get_or_insert_function(
-                module, ir.FunctionType(fvec, [fvec.as_pointer(), i32, mvec, fvec]), "llvm.masked.load.v64f32.p0")
-            store_fn = cgutils.get_or_insert_function(
-                module, ir.FunctionType(ir.VoidType(), [fvec, fvec.as_pointer(), i32, mvec]),
-                "llvm.masked.store.v64f32.p0")
-            undef = ir.Constant(fvec, ir.Undefined)
+        def idx(i, value):
+            return context.cast(builder, value, tys[i], types.intp)
 
-            def splat(value):
-                one = builder.insert_element(undef, value, ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, undef, splat_mask)
+        module = builder.module
+        load_fn = cgutils.get_or_insert_function(
+            module, ir.FunctionType(fvec, [fvec.as_pointer(), i32, mvec, fvec]), "llvm.masked.load.v64f32.p0")
+        store_fn = cgutils.get_or_insert_function(
+            module, ir.FunctionType(ir.VoidType(), [fvec, fvec.as_pointer(), i32, mvec]),
+            "llvm.masked.store.v64f32.p0")
+        undef = ir.Constant(fvec, ir.Undefined)
 
-            n32 = builder.trunc(idx(5, a_n), i32)
-            n_splat = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(ivec, ir.Undefined), n32, ir.Constant(i32, 0)),
-                ir.Constant(ivec, ir.Undefined), splat_mask)
-            mask = builder.icmp_unsigned("<", lane_ids, n_splat)
-            zero = ir.Constant(fvec, None)
+        def splat(value):
+            one = builder.insert_element(undef, value, ir.Constant(i32, 0))
+            return builder.shuffle_vector(one, undef, splat_mask)
 
-            def load(ptr_data, offset, lane_mask, fill):
-                ptr = builder.bitcast(builder.gep(ptr_data, [offset]), fvec.as_pointer())
-                return builder.call(load_fn, [ptr, ir.Constant(i32, 4), lane_mask, fill])
+        n32 = builder.trunc(idx(5, a_n), i32)
+        n_splat = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(ivec, ir.Undefined), n32, ir.Constant(i32, 0)),
+            ir.Constant(ivec, ir.Undefined), splat_mask)
+        mask = builder.icmp_unsigned("<", lane_ids, n_splat)
+        zero = ir.Constant(fvec, None)
 
-            ob_ = idx(4, a_ob)
-            v = builder.fmul(load(data(0, a_src), idx(1, a_src_off), mask, zero), load(data(2, a_mul), ob_, mask, zero))
-            v = builder.fadd(v, load(data(3, a_bias), ob_, mask, zero))
-            v = builder.fmul(v, splat(a_sc))
-            v = builder.fmul(v, load(data(7, a_cs), ob_, mask, zero))
-            # A real branch, not a masked load with an all-false mask: that would still form
-            # an address far outside the (empty) dummy residual, and a masked-off access to
-            # an unmapped page costs a microcode assist on every call.
-            use = builder.icmp_unsigned("!=", context.cast(builder, a_use_res, tys[10], types.uint8),
-                                        ir.Constant(ir.IntType(8), 0))
-            before = builder.block
-            with builder.if_then(use, likely=False):
-                with_res = builder.fadd(v, load(data(8, a_res), idx(9, a_res_off), mask, zero))
-                res_block = builder.block
-            merged = builder.phi(fvec)
-            merged.add_incoming(v, before)
-            merged.add_incoming(with_res, res_block)
-            v = merged
-            keep = builder.fcmp_ordered(">=", v, zero)
-            v = builder.select(keep, v, builder.fmul(v, splat(a_slope)))
-            out_ptr = builder.bitcast(builder.gep(data(12, a_out), [idx(13, a_out_off)]), fvec.as_pointer())
-            streaming = builder.and_(
-                builder.icmp_unsigned("!=", context.cast(builder, a_stream, tys[14], types.uint8),
-                                      ir.Constant(ir.IntType(8), 0)),
-                builder.and_(builder.icmp_unsigned("==", n32, ir.Constant(i32, _LANES)),
-                             builder.icmp_unsigned("==", builder.and_(builder.ptrtoint(out_ptr, i64),
-                                                                      ir.Constant(i64, 63)), ir.Constant(i64, 0))))
-            with builder.if_else(streaming, likely=True) as (then, otherwise):
-                with then:
-                    store = builder.store(v, out_ptr, align=64)
-                    store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(i32, 1)]))
-                with otherwise:
-                    builder.call(store_fn, [v, out_ptr, ir.Constant(i32, 4), mask])
-            neg = builder.fcmp_ordered("<", builder.fsub(v, load(data(15, a_ns), idx(16, a_ns_off), mask, zero)),
-                                       zero)
-            return builder.bitcast(builder.and_(neg, mask), i64)
+        def load(ptr_data, offset, lane_mask, fill):
+            ptr = builder.bitcast(builder.gep(ptr_data, [offset]), fvec.as_pointer())
+            return builder.call(load_fn, [ptr, ir.Constant(i32, 4), lane_mask, fill])
 
-        return sig, codegen
+        ob_ = idx(4, a_ob)
+        v = builder.fmul(load(data(0, a_src), idx(1, a_src_off), mask, zero), load(data(2, a_mul), ob_, mask, zero))
+        v = builder.fadd(v, load(data(3, a_bias), ob_, mask, zero))
+        v = builder.fmul(v, splat(a_sc))
+        v = builder.fmul(v, load(data(7, a_cs), ob_, mask, zero))
+        # A real branch, not a masked load with an all-false mask: that would still form
+        # an address far outside the (empty) dummy residual, and a masked-off access to
+        # an unmapped page costs a microcode assist on every call.
+        use = builder.icmp_unsigned("!=", context.cast(builder, a_use_res, tys[10], types.uint8),
+                                    ir.Constant(ir.IntType(8), 0))
+        before = builder.block
+        with builder.if_then(use, likely=False):
+            with_res = builder.fadd(v, load(data(8, a_res), idx(9, a_res_off), mask, zero))
+            res_block = builder.block
+        merged = builder.phi(fvec)
+        merged.add_incoming(v, before)
+        merged.add_incoming(with_res, res_block)
+        v = merged
+        keep = builder.fcmp_ordered(">=", v, zero)
+        v = builder.select(keep, v, builder.fmul(v, splat(a_slope)))
+        out_ptr = builder.bitcast(builder.gep(data(12, a_out), [idx(13, a_out_off)]), fvec.as_pointer())
+        streaming = builder.and_(
+            builder.icmp_unsigned("!=", context.cast(builder, a_stream, tys[14], types.uint8),
+                                  ir.Constant(ir.IntType(8), 0)),
+            builder.and_(builder.icmp_unsigned("==", n32, ir.Constant(i32, _LANES)),
+                         builder.icmp_unsigned("==", builder.and_(builder.ptrtoint(out_ptr, i64),
+                                                                  ir.Constant(i64, 63)), ir.Constant(i64, 0))))
+        with builder.if_else(streaming, likely=True) as (then, otherwise):
+            with then:
+                store = builder.store(v, out_ptr, align=64)
+                store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(i32, 1)]))
+            with otherwise:
+                builder.call(store_fn, [v, out_ptr, ir.Constant(i32, 4), mask])
+        neg = builder.fcmp_ordered("<", builder.fsub(v, load(data(15, a_ns), idx(16, a_ns_off), mask, zero)),
+                                   zero)
+        if abs_sums:  # masked lanes of v are 0
+            fabs = cgutils.get_or_insert_function(module, ir.FunctionType(fvec, [fvec]), "llvm.fabs.v64f32")
+            d = builder.fpext(builder.call(fabs, [v]), ir.VectorType(ir.DoubleType(), _LANES))
+            width = _LANES
+            while width > 1:
+                width //= 2
+                lo = builder.shuffle_vector(d, d, ir.Constant(ir.VectorType(i32, width), list(range(width))))
+                hi = builder.shuffle_vector(d, d, ir.Constant(ir.VectorType(i32, width),
+                                                              list(range(width, 2 * width))))
+                d = builder.fadd(lo, hi)
+            total = builder.extract_element(d, ir.Constant(i32, 0))
+            sum_ptr = builder.gep(data(17, args[17]), [idx(18, args[18])])
+            builder.store(builder.fadd(builder.load(sum_ptr), total), sum_ptr)
+        return builder.bitcast(builder.and_(neg, mask), i64)
 
     return epilogue64
 

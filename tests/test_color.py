@@ -67,6 +67,7 @@ def test_color_kernels_refuse_bad_shapes():
         K.rgb_to_ycbcr(np.zeros((4, 4, 3), np.float64))
 
 
+@pytest.mark.skipif(bool(__import__("numba").config.DISABLE_JIT), reason="checked in the JIT run")
 @pytest.mark.parametrize("scale", [2, 4])
 def test_exported_luma_network_matches_pytorch(tmp_path, scale):
     """A trained-for-a-few-steps Y-channel SCALESNet, exported and run through the engine on an

@@ -517,11 +517,114 @@ def test_small_op_refs_vs_torch(shape):
         np.testing.assert_allclose(K.box_filter_mean_abs_ref(x, k), box, rtol=1e-6, atol=1e-7)
 
 
+# =========================================================================== fused stack
+def _stack_case(rng, H, W, C, L, spatial=True):
+    x = rand_map(rng, H, W, C)
+    w = np.stack([K.pack_weights(signs(rng, (C, C, 3, 3))) for _ in range(L)])
+    mul = (rng.random((L, C)) * 0.05 + 0.01).astype(np.float32)
+    bias = (rng.standard_normal((L, C)) * 0.1).astype(np.float32)
+    thr = (rng.standard_normal((L, C)) * 0.1).astype(np.float32)
+    slope = np.array([0.1 if l % 2 == 0 else 1.0 for l in range(L)], np.float32)
+    sp = np.array([spatial if isinstance(spatial, bool) else spatial[l] for l in range(L)], bool)
+    return x, w, mul, bias, thr, slope, sp
+
+
+STACK_CASES = [  # H, W, C, L, pad, tiles (n_tiles, max_cols) or None, residual, spatial
+    (1, 1, 64, 2, 1, None, True, True),
+    (9, 13, 64, 3, 1, None, True, True),
+    (9, 13, 64, 3, 1, (3, 5), True, True),      # row and column tiles with halos
+    (20, 17, 70, 4, -1, (2, 8), False, True),   # 2 words per pixel, -1 padding
+    (16, 40, 64, 5, 1, (4, 16), True, True),
+    (5, 3, 10, 2, 1, None, True, (True, False)),
+    (12, 9, 33, 3, -1, (2, 4), True, False),
+]
+
+
+@pytest.mark.parametrize("case", subset(STACK_CASES, every=2))
+def test_binary_stack_matches_ref(case):
+    """The row-pipelined stack equals the per-unit references bit for bit, whatever the tiling
+    (a tile's halo absorbs what its line buffers do not see)."""
+    H, W, C, L, pad, tiling, with_res, spatial = case
+    rng = rng_for("stack", case)
+    x, w, mul, bias, thr, slope, sp = _stack_case(rng, H, W, C, L, spatial)
+    res = rand_map(rng, H, W, C) if with_res else None
+    tiles = None if tiling is None else K.stack_tiles(H, W, L, *tiling)
+    got = K.binary_stack(x, w, mul, bias, thr, slope, sp, pad, res, tiles=tiles)
+    ref = K.binary_stack_ref(x, w, mul, bias, thr, slope, sp, pad, res)
+    assert got.shape == (H, W, C) and got.dtype == np.float32
+    # the statistic is summed in float64 in another order than NumPy's mean: allow the last
+    # bit of float32 (it has never differed in these cases)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_binary_stack_ref_is_the_per_unit_engine_path():
+    """The reference composes what the engine does per unit: pack, box filter, conv epilogue."""
+    rng = rng_for("stack-engine")
+    x, w, mul, bias, thr, slope, sp = _stack_case(rng, 7, 6, 64, 2)
+    y = x
+    for l in range(2):
+        pixel, _ = K.map_stats(y)
+        ss = K.box_filter_mean_abs(pixel[:, :, None], 3)
+        bits = K.pack_signs(y, thr[l])
+        y = K.binary_conv2d(bits, w[l], 64, 3, 1, 1, mul[l], bias[l], spatial_scale=ss, residual=y,
+                            neg_slope=float(slope[l]))
+    np.testing.assert_allclose(K.binary_stack_ref(x, w, mul, bias, thr, slope, sp, 1), y, rtol=1e-5, atol=1e-5)
+
+
+def test_stack_tiles_cover_the_image_once():
+    for H, W, L, n, cols in [(256, 256, 12, 2, 512), (1080, 1920, 12, 2, 512), (7, 5, 12, 4, 512), (64, 64, 3, 8, 16)]:
+        tiles = K.stack_tiles(H, W, L, n, cols)
+        cover = np.zeros((H, W), int)
+        for r0, r1, c0, c1 in tiles:
+            cover[r0:r1, c0:c1] += 1
+        assert (cover == 1).all()
+        assert all(c1 - c0 <= cols for _, _, c0, c1 in tiles)
+
+
+def test_binary_stack_validation():
+    rng = rng_for("stack-bad")
+    x, w, mul, bias, thr, slope, sp = _stack_case(rng, 4, 4, 64, 2)
+    with pytest.raises(ValueError, match="w_bits"):
+        K.binary_stack(x, w[:, :, :, :, :32], mul, bias, thr, slope, sp)
+    with pytest.raises(ValueError, match="mul"):
+        K.binary_stack(x, w, mul[:1], bias, thr, slope, sp)
+    with pytest.raises(ValueError, match=r"\+1 or -1"):
+        K.binary_stack(x, w, mul, bias, thr, slope, sp, pad_value=0)
+    with pytest.raises(ValueError, match="residual"):
+        K.binary_stack(x, w, mul, bias, thr, slope, sp, 1, x[:2])
+    with pytest.raises(ValueError, match="spatial"):
+        K.binary_stack(x, w, mul, bias, thr, slope, sp[:1])
+
+
+def test_abs_sum_epilogue_matches_its_reference():
+    from ebsr_basicsr.kernels._vector import abs_sum64_ref, make_epilogue64
+
+    epilogue = make_epilogue64(abs_sums=True)
+
+    @numba.njit(cache=False)
+    def run(src, mul, bias, cs, res, out, ns, sums, n):
+        return epilogue(src, 0, mul, bias, 0, n, np.float32(0.5), cs, res, 0, True, np.float32(0.1), out, 0, False,
+                        ns, 0, sums, 1)
+
+    rng = rng_for("abs-sum")
+    for n in (64, 37, 1):
+        src, res = rng.standard_normal(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+        mul, bias = rng.random(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+        cs, ns = np.ones(64, np.float32), np.zeros(64, np.float32)
+        out, sums = np.zeros(64, np.float32), np.array([0.0, 2.0])
+        run(src, mul, bias, cs, res, out, ns, sums, n)
+        v = (src * mul + bias) * np.float32(0.5) * cs + res
+        v = np.where(v >= 0, v, v * np.float32(0.1)).astype(np.float32)[:n]
+        np.testing.assert_array_equal(out[:n], v)
+        assert sums[1] == 2.0 + abs_sum64_ref(v) and sums[0] == 0.0
+
+
 # =========================================================================== pure-Python mode
 @pytest.mark.skipif(JIT_DISABLED, reason="this is the pure-Python run")
 def test_pure_python_subset():
     """The reduced case lists also pass with the JIT disabled (kernels as plain Python)."""
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__]
+    color = os.path.join(os.path.dirname(__file__), "test_color.py")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, color]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

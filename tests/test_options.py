@@ -85,8 +85,14 @@ def test_option_file(path, basicsr_env):
     is_train = "train" in opt
     for phase, ds in opt["datasets"].items():
         assert phase.split("_")[0] in (("train", "val") if is_train else ("test", "val")), phase
-        assert ds["type"] == "PairedImageDataset"
-        assert ds["dataroot_gt"] and ds["dataroot_lq"] and ds["io_backend"]["type"] in ("disk", "lmdb")
+        assert ds["dataroot_gt"] and ds["io_backend"]["type"] in ("disk", "lmdb")
+        if ds["type"] == "MixedDegradationDataset":  # LR made on the fly: its mix must be valid
+            from ebsr_basicsr.data.degradations import DegradationMix
+
+            assert phase == "train"
+            DegradationMix(ds["degradations"])
+        else:
+            assert ds["type"] == "PairedImageDataset" and ds["dataroot_lq"]
     if is_train:
         train_ds = opt["datasets"]["train"]
         assert train_ds["gt_size"] % opt["scale"] == 0
