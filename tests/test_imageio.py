@@ -2,7 +2,6 @@
 import hashlib
 import io
 import os
-import struct
 from pathlib import Path
 
 import cv2
@@ -13,44 +12,13 @@ from ebsr_basicsr.upscale.imageio import (ImageReadError, ImageWriteError, apply
                                   decode_image, encode_image, exif_orientation, read_image, sniff_format,
                                   write_image)
 
-PHOTOS = Path("/work/shared/data/photos-val")
-
-
-def photo(h=40, w=48, name="chelsea"):
-    """A small real photo (BGR uint8): from the shared validation set, else scikit-image."""
-    path = PHOTOS / f"{name}.png"
-    if path.is_file():
-        img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-    else:
-        from skimage import data
-        img = getattr(data, name)()[..., ::-1]
-    y, x = img.shape[0] // 3, img.shape[1] // 3
-    return np.ascontiguousarray(img[y:y + h, x:x + w, :3])
+from helpers import jpeg_with_orientation, photo
 
 
 def encode(img, ext, params=()):
     ok, buf = cv2.imencode(ext, img, list(params))
     assert ok
     return buf.tobytes()
-
-
-def exif_block(orientation, endian="<"):
-    """A minimal EXIF payload (TIFF header + IFD0 with only the orientation tag)."""
-    e = endian
-    head = (b"II*\x00" if e == "<" else b"MM\x00*") + struct.pack(e + "I", 8)
-    ifd = struct.pack(e + "H", 1) + struct.pack(e + "HHI", 0x0112, 3, 1) + struct.pack(e + "HH", orientation, 0) \
-        + struct.pack(e + "I", 0)
-    return head + ifd
-
-
-def jpeg_with_orientation(jpeg: bytes, orientation: int, endian="<") -> bytes:
-    """Insert an APP1 Exif segment after the JFIF APP0 segment of a JPEG."""
-    payload = b"Exif\x00\x00" + exif_block(orientation, endian)
-    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
-    pos = 2
-    if jpeg[2:4] == b"\xff\xe0":
-        pos = 4 + struct.unpack(">H", jpeg[4:6])[0]
-    return jpeg[:pos] + app1 + jpeg[pos:]
 
 
 def sha(path):

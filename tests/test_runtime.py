@@ -1,16 +1,12 @@
-"""Export + bitwise runtime against PyTorch, and the model file's defences."""
-import hashlib
-import json
-import struct
+"""Export + bitwise runtime against PyTorch (the model file's defences: test_model_file.py)."""
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from ebsr_basicsr.runtime import Engine, ModelFileError
+from ebsr_basicsr.runtime import Engine
 from ebsr_basicsr.runtime.swin import gelu, gelu_ref
-from ebsr_basicsr.runtime.format import decode_model, encode_model, load_model, save_model
 
 torch = pytest.importorskip("torch")
 yaml = pytest.importorskip("yaml")
@@ -192,66 +188,22 @@ def test_export_param_key(tmp_path):
     assert result.exit_code == 1 and "has no 'params_ema' weights (it has: params)" in result.output
 
 
-# ------------------------------------------------------------------ the file format
-@pytest.fixture
-def good_file(tmp_path):
-    network_opt = {"type": "SCALESNet", "upscale": 2, "num_feat": 8, "num_block": 1}
-    return export_via_cli(tmp_path, build_arch(network_opt), network_opt)
+def test_export_refuses_what_the_runtime_cannot_run(tmp_path):
+    """Ops are emitted through the runtime's op schema: a network the engine would refuse
+    is an export error, and nothing is written."""
+    from ebsr_basicsr.training.export import ExportError, GraphBuilder
 
-
-def test_format_round_trip(tmp_path):
-    tensors = {"a": np.arange(5, dtype=np.float32), "b": np.arange(6, dtype=np.uint64).reshape(2, 3)}
-    path = tmp_path / "m.ebsr"
-    save_model(path, {"hello": "world"}, tensors)
-    header, back = load_model(path)
-    assert header == {"hello": "world"}
-    for k in tensors:
-        assert back[k].dtype == tensors[k].dtype and np.array_equal(back[k], tensors[k])
-
-
-@pytest.mark.parametrize("damage, message", [
-    (lambda raw: raw[: len(raw) // 2], "truncated"),
-    (lambda raw: raw[:10], "truncated"),
-    (lambda raw: raw + b"\0", "trailing bytes"),
-    (lambda raw: b"NOTAMODL" + raw[8:], "bad magic"),
-    (lambda raw: raw[:8] + struct.pack("<I", 99) + raw[12:], "version 99 is not supported"),
-    (lambda raw: raw[:-100] + bytes([raw[-100] ^ 1]) + raw[-99:], "checksum mismatch"),
-    (lambda raw: raw[:20] + b"x" + raw[21:], "damaged header"),
-    (lambda raw: raw[:40] + b"#" + raw[41:], "damaged header|checksum mismatch"),
-    (lambda raw: b"", "not an ebsr-basicsr model"),
-])
-def test_damaged_files_are_refused_with_a_reason(good_file, damage, message):
-    bad = good_file.with_name("bad.ebsr")
-    bad.write_bytes(damage(good_file.read_bytes()))
-    with pytest.raises(ModelFileError, match=message):
-        Engine.load(bad)
-
-
-def test_unreadable_paths_are_refused(tmp_path):
-    with pytest.raises(ModelFileError, match="cannot read"):
-        Engine.load(tmp_path / "missing.ebsr")
-    with pytest.raises(ModelFileError, match="directory"):
-        Engine.load(tmp_path)
-
-
-def test_inconsistent_graph_is_refused():
-    raw = encode_model({"scale": 2, "arch": "X", "output": "v1",
-                        "graph": [{"op": "teleport", "in": ["input"], "out": "v1"}]}, {})
-    with pytest.raises(ModelFileError, match="unknown op 'teleport'"):
-        Engine(*decode_model(raw))
-    raw = encode_model({"scale": 2, "arch": "X", "output": "v1",
-                        "graph": [{"op": "conv2d", "in": ["input"], "out": "v1", "weight": "w"}]}, {})
-    with pytest.raises(ModelFileError, match="missing tensor 'w'"):
-        Engine(*decode_model(raw))
-
-
-def test_checksum_covers_header_and_data(good_file):
-    raw = good_file.read_bytes()
-    assert hashlib.sha256(raw[:-32]).digest() == raw[-32:]
-    header_len = struct.unpack_from("<Q", raw, 12)[0]
-    header = json.loads(raw[20:20 + header_len])
-    assert header["arch"] == "SCALESNet" and header["scale"] == 2 and header["version"] == 1
-    assert header["network_g"]["num_feat"] == 8
+    network_opt = {"type": "EBSRNet", "upscale": 8, "num_feat": 8, "num_block": 1}
+    net = build_arch(network_opt)
+    result = export_state_via_cli(tmp_path, {"params": net.state_dict()}, network_opt)
+    assert result.exit_code == 1 and "runtime cannot run this network: header.scale: 8" in result.output
+    assert not (tmp_path / "model.ebsr").exists()
+    g = GraphBuilder(3)
+    with pytest.raises(ExportError, match=r"op 0 \(conv2d\)\.stride: 2 is out of range"):
+        g.conv(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), "input")
+    with pytest.raises(ExportError, match="padding 0 is not kernel 3 // 2"):
+        g.conv(torch.nn.Conv2d(3, 8, 3, padding=0), "input")
+    assert g.ops == []
 
 
 def test_gelu_matches_reference_and_torch():

@@ -3,7 +3,7 @@
 Library and CLI-layer tests use ``StandInEngine``, a small NumPy engine with the runtime
 ``Engine``'s interface (defined here, never shipped). The CLI-layer tests substitute it for
 ``Engine.load`` with monkeypatch; the end-to-end tests run the real command on a real model
-file (the ``model_file`` fixture) and skip until the runtime and a model exist.
+file (the ``model_file`` fixture).
 """
 import hashlib
 import os
@@ -24,9 +24,9 @@ from ebsr_basicsr.upscale.upscaler import EngineOutputError, UnsupportedImageErr
 from ebsr_basicsr.upscale.video import (VideoError, VideoSink, assemble_frames, extract_frames, has_audio, iter_frames,
                                 probe_video, upscale_video)
 
-from test_imageio import jpeg_with_orientation, photo
+from helpers import export_tiny_model, jpeg_with_orientation, photo
 
-SHARED_VIDEO = Path("/work/shared/data/video/bikes.mp4")
+REAL_VIDEO = os.environ.get("EBSR_TEST_VIDEO")  # optional: a real video file to try a few frames of
 FFMPEG = shutil.which("ffmpeg")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -310,12 +310,13 @@ def test_failed_video_leaves_existing_output_intact(tmp_path, engine):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_shared_video_a_few_frames(tmp_path, engine):
-    if not SHARED_VIDEO.is_file():
-        pytest.skip(f"{SHARED_VIDEO} not present")
+def test_real_video_a_few_frames(tmp_path, engine):
+    if not REAL_VIDEO or not Path(REAL_VIDEO).is_file():
+        pytest.skip("set EBSR_TEST_VIDEO to a real video file to run this test")
+    video = Path(REAL_VIDEO)
     short = tmp_path / "bikes5.mp4"
-    with VideoSink(short, probe_video(SHARED_VIDEO).fps) as sink:
-        for i, frame in enumerate(iter_frames(SHARED_VIDEO)):
+    with VideoSink(short, probe_video(video).fps) as sink:
+        for i, frame in enumerate(iter_frames(video)):
             sink.write(cv2.resize(frame, (160, 68), interpolation=cv2.INTER_AREA))
             if i == 4:
                 break
@@ -698,32 +699,11 @@ def test_cli_refuses_to_write_over_inputs(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------
 # end to end with the real runtime and a real model file
 # ------------------------------------------------------------------------------------------
-def _export_tiny_model(path: Path) -> Path:
-    """A small x2 EBSRNet with freshly initialised weights, exported to a runtime file.
-
-    Only for exercising the command end to end (file handling, sizes, depths, videos,
-    workers): its pictures mean nothing. Needs torch and the exporter (test-side only;
-    the command itself never imports torch)."""
-    import torch
-    from ebsr_basicsr.archs import build_arch
-    from ebsr_basicsr.training.export import export_network
-    from ebsr_basicsr.runtime import save_model
-    torch.manual_seed(0)
-    opt = {"type": "EBSRNet", "num_in_ch": 3, "num_out_ch": 3, "upscale": 2, "num_feat": 16, "num_block": 2,
-           "upsampler": "fp"}
-    header, tensors = export_network(build_arch(dict(opt)), opt)
-    save_model(path, header, tensors)
-    return path
-
-
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    """A runtime model file: $EBSR_TEST_MODEL, else an embedded model, else a tiny freshly
-    exported one; skips while ebsr_basicsr.runtime cannot be imported."""
-    try:
-        import ebsr_basicsr.runtime.engine  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"ebsr_basicsr.runtime is not importable yet ({exc}); end-to-end tests need the real Engine")
+    """A runtime model file: $EBSR_TEST_MODEL, else an embedded model, else a small x2 EBSRNet
+    with fresh weights, exported here (skips only if torch, needed to export it, is absent;
+    the command itself never imports torch)."""
     env = os.environ.get("EBSR_TEST_MODEL")
     if env:
         return Path(env)
@@ -731,11 +711,10 @@ def model_file(tmp_path_factory):
     scales = available_scales()
     if scales:
         return default_model_path(min(scales))
-    try:
-        return _export_tiny_model(tmp_path_factory.mktemp("model") / "tiny_x2.ebsr")
-    except Exception as exc:  # exporter or torch not available / not ready
-        pytest.skip(f"no runtime model file (set EBSR_TEST_MODEL=/path/to/model.ebsr, or add "
-                    f"ebsr_basicsr/weights/ebsr_x*.ebsr) and exporting a tiny one failed: {type(exc).__name__}: {exc}")
+    pytest.importorskip("torch", reason="no embedded model file, and torch is needed to export a tiny one")
+    opt = {"type": "EBSRNet", "num_in_ch": 3, "num_out_ch": 3, "upscale": 2, "num_feat": 16, "num_block": 2,
+           "upsampler": "fp"}
+    return export_tiny_model(tmp_path_factory.mktemp("model") / "tiny_x2.ebsr", opt)
 
 
 def run_cli(*args):

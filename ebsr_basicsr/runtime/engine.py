@@ -1,7 +1,10 @@
 """Executes an exported model with the bitwise kernels: NumPy + Numba only.
 
 A model is a list of ops (see ``ebsr_basicsr.training.export``) over named NHWC float32 maps of one
-image. Each op kind is a small class that prepares its arrays once at load (``__init__``)
+image, declared in :mod:`.ops_schema`: the engine builds nothing that
+:func:`~.ops_schema.check_model` has not accepted, so each op receives every attribute its
+schema declares (``None`` when absent) and tensors of the declared dtypes and shapes. Each op
+kind is a small class that prepares its arrays once at load (``__init__(attrs, tensors)``)
 and runs in ``__call__``. Binary units pack their input to bits (``x - shift < 0``), run
 the XNOR/popcount convolution with every per-channel factor folded into ``mul``/``bias``,
 and apply their input-dependent re-scalings, shortcut and activation in the kernel's
@@ -16,6 +19,8 @@ import numpy as np
 from .. import kernels as K
 from .format import ModelFileError, load_model
 from .fusion import fuse as fuse_graph
+from .ops_schema import check_model
+from .schema import SchemaError
 from .swin import gelu, layer_norm, shifted_window_mask, window_partition, window_reverse
 
 _OPS: dict = {}
@@ -56,7 +61,7 @@ class _Op:
     pool: BufferPool | None = None
 
     def __init__(self, attrs: dict, tensors: dict):
-        self.attrs = attrs
+        """Prepare the op's arrays from its checked ``attrs`` and ``tensors`` (here: none)."""
 
     def _out(self, shape):
         """An output buffer from the engine's pool (``None``: let the kernel allocate)."""
@@ -64,9 +69,8 @@ class _Op:
 
     @staticmethod
     def _t(tensors, name):
-        if name not in tensors:
-            raise ModelFileError(f"model graph refers to a missing tensor {name!r}")
-        return np.ascontiguousarray(tensors[name], dtype=tensors[name].dtype)
+        """The tensor ``name`` (C-contiguous), or None for an absent optional tensor."""
+        return None if name is None else np.ascontiguousarray(tensors[name])
 
 
 @_op("normalize")
@@ -85,7 +89,7 @@ class Denormalize(_Op):
 
     def __init__(self, attrs, tensors):
         self.range = np.float32(attrs["range"])
-        self.skip, self.scale = attrs.get("skip"), attrs.get("scale")
+        self.skip, self.scale = attrs["skip"], attrs["scale"]
         self.mean = None if self.skip else np.asarray(attrs["mean"], np.float32)
 
     def __call__(self, x, image=None):
@@ -104,8 +108,8 @@ class Add(_Op):
 @_op("conv2d")
 class Conv2d(_Op):
     def __init__(self, attrs, tensors):
-        self.w = self._t(tensors, attrs["weight"]).astype(np.float32)
-        self.b = self._t(tensors, attrs["bias"]) if attrs.get("bias") else None
+        self.w = self._t(tensors, attrs["weight"])
+        self.b = self._t(tensors, attrs["bias"])
         self.w_matrix = K.conv_weight_matrix(self.w)
         self.stride, self.padding, self.shuffle = attrs["stride"], attrs["padding"], attrs["shuffle"]
 
@@ -131,7 +135,7 @@ class BinaryUnit(_Op):
         self.w_bits, self.mul, self.bias = t(attrs["w_bits"]), t(attrs["mul"]), t(attrs["bias"])
         self.pad_value = int(attrs["pad_value"])
         self.neg_slope, self.shuffle, self.shortcut = attrs["neg_slope"], attrs["shuffle"], attrs["shortcut"]
-        self.threshold = t(attrs["threshold"]) if attrs.get("threshold") else None
+        self.threshold = t(attrs["threshold"])
         self.fp = attrs["fp_activations"]
         if self.fp:  # binary weights, FP activations: an exact FP convolution
             w = K.unpack_weights(self.w_bits, self.cin, self.k, self.k) * self.mul[:, None, None, None]
@@ -140,12 +144,12 @@ class BinaryUnit(_Op):
             self.tap_sums = K.weight_tap_sums(self.w_bits, self.cin)
         else:
             self.tap_sums = None
-        sp = attrs.get("spatial")
-        self.spatial = None if sp is None else dict(sp, weight=t(sp["weight"]) if "weight" in sp else None,
-                                                    bias=t(sp["bias"]) if "bias" in sp else None)
-        ch = attrs.get("channel")
+        sp = attrs["spatial"]
+        self.spatial = None if sp is None else dict(sp, weight=t(sp.get("weight")), bias=t(sp.get("bias")))
+        ch = attrs["channel"]
         if ch is not None:
-            ch = {k: (t(v) if isinstance(v, str) and k not in ("mode",) else v) for k, v in ch.items()}
+            tensor_keys = ("weight", "bias") if ch["mode"] == "affine" else ("fc1_w", "fc1_b", "fc2_w", "fc2_b")
+            ch = dict(ch, **{k: t(ch[k]) for k in tensor_keys})
             if ch["mode"] == "affine":
                 ch["source"] = np.arange(self.cout) % self.cin
         self.channel = ch
@@ -195,7 +199,7 @@ class BinaryUnit(_Op):
         elif self.shortcut == "nearest":
             residual = K.resize_nearest(x, self.shuffle)
         if self.fp:
-            xin = x if beta is None else x + beta[0]
+            xin = x if beta is None else x + beta[:, None, :]
             y = K.conv2d(np.ascontiguousarray(xin, np.float32), self.fp_w, self.bias, w_matrix=self.fp_wm)
             return self._finish(y, spatial, gamma, residual, per_row)
         shift = self.threshold
@@ -306,38 +310,33 @@ class Engine:
     """A loaded runtime model. ``Engine.load(path)``; ``engine.upscale(bgr_uint8)``."""
 
     def __init__(self, header: dict, tensors: dict, source: str = "model", fuse: bool = True):
-        self.header = header
+        """Check ``header`` and ``tensors`` against the op schema (:class:`ModelFileError`
+        naming ``source`` and the reason if they do not fit), then prepare every op and, with
+        ``fuse``, rewrite the graph to run faster (:mod:`.fusion`; the same computation)."""
         try:
-            self.scale = int(header["scale"])
-            self.arch = header["arch"]
-            self.in_channels = int(header.get("in_channels", 3))
-            self._output = header["output"]
-            self._ops = []
-            self.pool = BufferPool()
-            for spec in header["graph"]:
-                kind = spec["op"]
-                if kind not in _OPS:
-                    raise ModelFileError(f"{source}: unknown op {kind!r} (made by a newer ebsr-basicsr?)")
-                attrs = {k: v for k, v in spec.items() if k not in ("op", "in", "out")}
-                op = _OPS[kind](attrs, tensors)
-                op.pool = self.pool
-                self._ops.append((op, list(spec["in"]), spec["out"]))
-            if fuse:  # same output, faster: see runtime.fusion
-                self._ops = fuse_graph(self._ops, self._output)
-                for op, _, _ in self._ops:
-                    op.pool = self.pool
-            last_use = {}
-            for i, (_, inputs, _) in enumerate(self._ops):
-                for name in inputs:
-                    last_use[name] = i
-            # values whose buffers can go back to the pool after op i
-            self._release = [[name for name in dict.fromkeys(inputs)
-                              if last_use[name] == i and name not in ("input", self._output)]
-                             for i, (_, inputs, _) in enumerate(self._ops)]
-        except ModelFileError:
-            raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelFileError(f"{source}: inconsistent model graph ({type(e).__name__}: {e})") from None
+            model = check_model(header, tensors)
+        except SchemaError as e:
+            raise ModelFileError(f"{source}: invalid model: {e}") from None
+        self.header = header
+        self.scale, self.arch, self.in_channels = model.scale, model.arch, model.in_channels
+        self._output = model.output
+        self.pool = BufferPool()
+        self._ops = []
+        for spec in model.ops:
+            op = _OPS[spec.kind](spec.attrs, tensors)
+            self._ops.append((op, spec.inputs, spec.out))
+        if fuse:
+            self._ops = fuse_graph(self._ops, self._output)
+        for op, _, _ in self._ops:
+            op.pool = self.pool
+        last_use = {}
+        for i, (_, inputs, _) in enumerate(self._ops):
+            for name in inputs:
+                last_use[name] = i
+        # values whose buffers can go back to the pool after op i
+        self._release = [[name for name in dict.fromkeys(inputs)
+                          if last_use[name] == i and name not in ("input", self._output)]
+                         for i, (_, inputs, _) in enumerate(self._ops)]
 
     @classmethod
     def load(cls, path, fuse: bool = True) -> "Engine":
@@ -360,7 +359,7 @@ class Engine:
     def run_native(self, image: np.ndarray) -> np.ndarray:
         """The graph on its own input: float32 (H, W, in_channels) → (H·s, W·s, out_channels)."""
         image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != self.in_channels:
+        if image.ndim != 3 or image.shape[2] != self.in_channels or 0 in image.shape:
             raise ValueError(f"expected an (H, W, {self.in_channels}) image, got shape {image.shape}")
         values = {"input": np.ascontiguousarray(image, np.float32)}
         for (op, inputs, out), release in zip(self._ops, self._release):

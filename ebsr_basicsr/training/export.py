@@ -24,6 +24,8 @@ from ..archs.scales_swinir_arch import SCALESSwinIR, SwinBlock
 from ..ops.quantizers import RSign
 from ..packing import pack_weights
 from ..runtime.format import FORMAT_VERSION, save_model
+from ..runtime.ops_schema import GraphChecker, check_header
+from ..runtime.schema import SchemaError
 from .checkpoint import CheckpointError, load_state_dict
 
 logger = logging.getLogger(__name__)
@@ -38,13 +40,24 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().float().numpy())
 
 
-class GraphBuilder:
-    """Collects ops (JSON-able dicts) and the arrays they reference."""
+def _runnable(check, *args):
+    """``check(*args)``, its :class:`SchemaError` (the runtime would refuse the model) as an
+    :class:`ExportError`."""
+    try:
+        return check(*args)
+    except SchemaError as e:
+        raise ExportError(f"the runtime cannot run this network: {e}") from None
 
-    def __init__(self):
+
+class GraphBuilder:
+    """Collects ops (JSON-able dicts) and the arrays they reference; every op is checked
+    against the runtime's op schema as it is emitted (:mod:`ebsr_basicsr.runtime.ops_schema`)."""
+
+    def __init__(self, in_channels: int):
         self.ops: list[dict] = []
         self.tensors: dict[str, np.ndarray] = {}
         self.notes: list[str] = []
+        self.checker = GraphChecker(in_channels, self.tensors)
 
     def tensor(self, prefix: str, array: np.ndarray) -> str:
         name = f"{prefix}.{len(self.tensors)}"
@@ -53,7 +66,9 @@ class GraphBuilder:
 
     def emit(self, op: str, inputs: list[str], **attrs) -> str:
         out = f"v{len(self.ops) + 1}"
-        self.ops.append({"op": op, "in": inputs, "out": out, **attrs})
+        spec = {"op": op, "in": inputs, "out": out, **attrs}
+        _runnable(self.checker.add, spec)
+        self.ops.append(spec)
         return out
 
     # ----------------------------------------------------------------- FP layers
@@ -203,7 +218,7 @@ def export_network(net: nn.Module, network_opt: dict) -> tuple[dict, dict[str, n
     """Build the runtime header and tensors of ``net`` (in eval mode), built from
     ``network_opt`` (its ``network_g`` dict, kept in the header)."""
     net = net.eval()
-    g = GraphBuilder()
+    g = GraphBuilder(net.conv_first.in_channels)
     with torch.no_grad():
         if isinstance(net, BinarySRNet):
             out = _export_cnn(g, net, "input")
@@ -219,6 +234,8 @@ def export_network(net: nn.Module, network_opt: dict) -> tuple[dict, dict[str, n
         "bit_convention": "bit 1 = -1, bit 0 = +1, packed along channels, 64 per uint64 word",
         "graph": g.ops, "output": out, "notes": sorted(set(g.notes)),
     }
+    _runnable(check_header, header)
+    _runnable(g.checker.finish, out, net.upscale)
     return header, g.tensors
 
 
