@@ -77,7 +77,7 @@ def fuse_binary_stacks(ops: list, output: str) -> list:
         while run and j < len(ops):
             nxt, nxt_in, _ = ops[j]
             prev_out = run[-1][2]
-            if not (_stackable(nxt) and nxt_in == [prev_out] and readers[prev_out] == 1
+            if not (_stackable(nxt) and tuple(nxt_in) == (prev_out,) and readers[prev_out] == 1
                     and _same_shape(run[0][0], nxt)):
                 break
             run.append(ops[j])
@@ -96,7 +96,7 @@ def fuse_binary_stacks(ops: list, output: str) -> list:
                     residual, last_out = other, nxt_out
                     j += 1
         stack = BinaryStack([u for u, _, _ in run], residual is not None)
-        fused.append((stack, inputs + ([residual] if residual else []), last_out))
+        fused.append((stack, [*inputs, *([residual] if residual else [])], last_out))
         i = j
     return fused
 
@@ -151,7 +151,7 @@ def fuse_fp_convs(ops: list, output: str) -> list:
             if (op.shuffle > 1 and nxt is not None and isinstance(nxt[0], Denormalize) and nxt[1][0] == out
                     and readers[out] == 1 and (nxt[0].skip in (None, "bilinear"))
                     and (not nxt[0].skip or nxt[0].scale == op.shuffle)):
-                fused.append((ConvToImage(op, nxt[0]), inputs + nxt[1][1:], nxt[2]))
+                fused.append((ConvToImage(op, nxt[0]), [*inputs, *nxt[1][1:]], nxt[2]))
                 i += 2
                 continue
             if op.shuffle == 1:
