@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from ebsr_basicsr.upscale import batch as batch_mod
 from ebsr_basicsr.upscale.batch import BatchOptions, plan_batch, process_job, run_batch
 from ebsr_basicsr.upscale.imageio import read_image, write_image
-from ebsr_basicsr.upscale.upscaler import EngineOutputError, UnsupportedImageError, auto_tile_size, upscale_image
+from ebsr_basicsr.upscale.upscaler import (EngineOutputError, UnsupportedImageError, memory_estimate, plan_tiles,
+                                          upscale_image)
 from ebsr_basicsr.upscale.video import (VideoError, VideoSink, assemble_frames, extract_frames, has_audio, iter_frames,
                                 probe_video, upscale_video)
 
@@ -43,7 +44,7 @@ class StandInEngine:
 
     def __init__(self, scale=2):
         self.scale = scale
-        self.header = {"arch": "StandIn", "num_feat": 8, "scale": scale, "format_version": 0}
+        self.header = {"arch": "StandIn", "network_g": {"num_feat": 8}, "scale": scale, "format_version": 0}
         self.calls = []
 
     def run(self, x):
@@ -226,17 +227,24 @@ def test_tiles_without_pad_show_seams(engine):
 
 
 def test_automatic_tiling_under_a_memory_budget(engine):
-    assert auto_tile_size(40, 48, 2, features=8, budget=1 << 30) == 0
-    tile = auto_tile_size(400, 480, 2, features=8, tile_pad=4, budget=4 << 20)
+    budget = 40 << 20
+    assert plan_tiles(engine, 40, 48, budget=1 << 30) == 0
+    tile = plan_tiles(engine, 400, 480, tile_pad=4, budget=budget)
     assert 64 <= tile < 400 and tile % 8 == 0
+    # the largest multiple of 8 whose estimate fits
+    assert memory_estimate(engine, 400, 480, tile=tile, tile_pad=4) <= budget
+    assert memory_estimate(engine, 400, 480, tile=tile + 8, tile_pad=4) > budget
     big = np.tile(photo(40, 48), (10, 10, 1))  # 400 x 480
     whole = upscale_image(engine, big, memory_budget=1 << 34)
     n = len(engine.calls)
-    out = upscale_image(engine, big, tile_pad=4, memory_budget=4 << 20)
+    out = upscale_image(engine, big, tile_pad=4, memory_budget=budget)
     assert len(engine.calls) - n > 1  # it was split...
+    assert len(set(engine.calls[n:])) == 1  # ...into windows of one size (the engine reuses its buffers)...
     np.testing.assert_array_equal(out, whole)  # ...without seams
     # the header's feature width counts: a wider model gets smaller tiles
-    assert auto_tile_size(400, 480, 2, features=64, tile_pad=4, budget=4 << 20) < tile
+    wide = StandInEngine(2)
+    wide.header = {"network_g": {"num_feat": 64}}
+    assert plan_tiles(wide, 400, 480, tile_pad=4, budget=budget) < tile
 
 
 def test_bad_arrays_and_bad_engines(engine):
