@@ -634,17 +634,18 @@ def test_cli_interrupt_leaves_no_partial_files(tmp_path, inputs, monkeypatch):
 
 
 def test_remove_temp_files_of_an_interrupted_job(tmp_path):
-    job = batch_mod.Job(0, tmp_path / "a.png", tmp_path / "out" / "clip_x2.mp4", "video", tmp_path / "fr")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "fr").mkdir()
-    stale = [tmp_path / "out" / ".clip_x2.abc123.part.mp4", tmp_path / "out" / ".clip_x2.def.mux.mp4",
-             tmp_path / "out" / ".clip_x2.mp4.xyz.tmp", tmp_path / "fr" / ".000003.png.q1.tmp"]
-    keep = [tmp_path / "out" / "clip_x2.mp4", tmp_path / "out" / ".other.abc.part.mp4",
-            tmp_path / "fr" / "000001.png"]
-    for p in stale + keep:
+    from ebsr_basicsr._files import AtomicFile
+    out, frames = tmp_path / "out", tmp_path / "fr"
+    out.mkdir()
+    frames.mkdir()
+    job = batch_mod.Job(0, tmp_path / "a.mp4", out / "clip[1]*_x2.mp4", "video", frames)  # glob characters
+    stale = [AtomicFile(job.dst).path, AtomicFile(job.dst).path, AtomicFile(frames / "000003.png").path]
+    keep = [out / "clip[1]*_x2.mp4", AtomicFile(out / "clip1_x2.mp4").path, AtomicFile(out / "other.mp4").path,
+            frames / "000001.png"]
+    for p in keep:
         p.write_bytes(b"x")
     batch_mod.remove_temp_files(job)
-    assert [p.exists() for p in stale] == [False] * 4 and all(p.exists() for p in keep)
+    assert [p.exists() for p in stale] == [False] * 3 and all(p.exists() for p in keep)
 
 
 def test_cli_tiling_and_verbose(tmp_path, inputs, monkeypatch):

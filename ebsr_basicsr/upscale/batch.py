@@ -26,6 +26,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from .. import _files
 from .imageio import (IMAGE_EXTENSIONS, WRITE_FORMATS, ImageReadError, ImageWriteError, format_for_path,
                       read_image, write_image)
 from .upscaler import EngineOutputError, UnsupportedImageError, default_memory_budget, upscale_image
@@ -482,18 +483,10 @@ def _stop_processes(processes, grace: float = 5.0) -> None:
 
 
 def remove_temp_files(job: Job) -> None:
-    """Remove the temporary files an interrupted job may have left (see imageio and video)."""
-    dst = job.dst
-    patterns = [(dst.parent, f".{dst.name}.*.tmp"), (dst.parent, f".{dst.stem}.*.part{dst.suffix}"),
-                (dst.parent, f".{dst.stem}.*.mux{dst.suffix}")]
+    """Remove the temporary files an interrupted job may have left (see ``ebsr_basicsr._files``)."""
+    _files.remove_temp_files(job.dst.parent, job.dst.name)
     if job.frames_dir is not None:
-        patterns.append((job.frames_dir, ".*.png.*.tmp"))
-    for folder, pattern in patterns:
-        try:
-            for path in Path(folder).glob(pattern):
-                path.unlink()
-        except OSError:
-            pass
+        _files.remove_temp_files(job.frames_dir)
 
 
 def _run_parallel(jobs, loader, options, protect, workers, threads, report, progress):

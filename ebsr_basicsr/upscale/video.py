@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Iterator, List, Optional, Union
 import cv2
 import numpy as np
 
-from .imageio import (IMAGE_EXTENSIONS, ImageReadError, check_not_protected, file_mode, read_image,
-                      write_image)
+from .._files import file_mode
+from .imageio import IMAGE_EXTENSIONS, ImageReadError, check_not_protected, read_image, write_image
 
 log = logging.getLogger(__name__)
 
