@@ -556,7 +556,8 @@ def test_help_reads_well():
     assert res.exit_code == 0
     for text in ["INPUT...", "--scale", "--model", "--tile", "--tile-pad", "--suffix", "--ext", "--jpeg-quality",
                  "--recursive", "--skip-existing", "--frames-dir", "--workers", "--threads", "--quiet",
-                 "--verbose", "Examples:", "ebsr-upscale photos/"]:
+                 "--verbose", "--max-pixels", "--memory-limit", "--keep-partial", "--progress-interval",
+                 "Examples:", "ebsr-upscale photos/", "130 if interrupted"]:
         assert text in res.output, text
 
 
@@ -680,8 +681,10 @@ def test_cli_model_and_scale_errors(tmp_path, inputs, monkeypatch):
     if missing:
         res = cli([img, "-o", tmp_path / "o", "--scale", missing[0]], monkeypatch)
         assert res.exit_code == 2 and f"no embedded model for x{missing[0]}" in res.stderr and "--model" in res.stderr
+    # a missing input is a failed file, not a usage error
+    res = cli([tmp_path / "nope.png", "-o", tmp_path / "o", "-m", model3], monkeypatch)
+    assert res.exit_code == 1 and f"error: {tmp_path / 'nope.png'}: no such file or directory" in res.stderr
     # click usage errors
-    assert cli([tmp_path / "nope.png", "-m", model3], monkeypatch).exit_code == 2
     assert cli([img, "-m", model3, "--ext", "gif"], monkeypatch).exit_code == 2
     assert cli([img, "-m", model3, "--jpeg-quality", "0"], monkeypatch).exit_code == 2
     assert cli([img, "-m", model3, "-q", "-v"], monkeypatch).exit_code == 2
