@@ -626,9 +626,7 @@ def test_cli_interrupt_leaves_no_partial_files(tmp_path, inputs, monkeypatch):
     model = standin_model(tmp_path / "m.ebsr", 2)
     monkeypatch.setattr(batch_mod, "load_engine", lambda path: Interrupted(2))
     out = tmp_path / "out"
-    from ebsr_basicsr.cli.upscale import main
-    res = CliRunner().invoke(main, [str(inputs / "clip.mp4"), str(inputs / "cat.png"), "-o", str(out),
-                                    "-m", str(model), "--frames-dir", str(tmp_path / "frames")])
+    res = cli([inputs / "clip.mp4", inputs / "cat.png", "-o", out, "-m", model, "--frames-dir", tmp_path / "frames"])
     assert res.exit_code == 130 and "interrupted" in res.stderr
     assert list(out.iterdir()) == []
     assert not [p for p in (tmp_path / "frames").rglob(".*")]

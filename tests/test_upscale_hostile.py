@@ -1,6 +1,7 @@
 """``ebsr-upscale`` against inputs that try to break it: decompression bombs, truncated and
 fake videos, missing paths, file names with control characters or invalid UTF-8, endless
 inputs; and what it tells a user watching a log (progress lines, one line per error)."""
+import logging
 import os
 import resource
 import struct
@@ -142,13 +143,23 @@ def test_the_estimate_counts_the_whole_pipeline_and_prefers_the_engine_own():
         (100 * 100 - 60 * 60) * 1000 + (100 * 100 - 60 * 60) * (12 + 48)
 
 
-def test_automatic_tiles_are_announced_and_impossible_images_refused(tmp_path, caplog):
+def test_automatic_tiles_are_announced_and_impossible_images_refused(tmp_path):
     engine = StandInEngine(2)
     img = np.tile(photo(40, 48), (5, 5, 1))  # 200 x 240
     whole = memory_estimate(engine, 200, 240)
-    with caplog.at_level("INFO", logger="ebsr_basicsr"):
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    log = logging.getLogger("ebsr_basicsr.upscale.upscaler")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
         out = upscale_image(engine, img, memory_budget=whole - 1)
-    assert "200" in caplog.text and "automatic tiles of" in caplog.text
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert len(records) == 1 and records[0].startswith("240x200 image: automatic tiles of"), records
     np.testing.assert_array_equal(out, upscale_image(engine, img, memory_budget=whole))
     with pytest.raises(MemoryBudgetError, match="even in tiles of 64 px.*memory budget"):
         plan_tiles(engine, 200, 240, budget=200 * 240 * 9)  # less than the input and output alone
