@@ -22,14 +22,17 @@ Examples:
   ebsr-upscale huge.tif --tile 256              # bounded memory for big images
   ebsr-upscale clip.mp4 --frames-dir frames/    # MP4 (+ PNG frames), same fps, audio
   ebsr-upscale photos/ --model my_x3.ebsr --workers 2 --threads 1
+  ebsr-upscale scan.tif --max-pixels 0 --memory-limit 16G   # a very large image
 
 \b
 Outputs are named OUTDIR/<name>_x<scale>.<ext>; with --ext auto an image keeps
 its format (16-bit PNG/TIFF stay 16-bit, gray stays gray, alpha is kept), a
 video becomes .mp4 (audio is copied when ffmpeg is on PATH). Inputs are never
-modified; outputs are written atomically. A file that cannot be processed is
-reported on stderr and the batch goes on. Exit status: 0 if every file was done
-or skipped, 1 if any failed, 2 for a usage error.
+modified; outputs are written atomically. A file that cannot be processed
+(missing, corrupt, too large, a video that ends early) is reported on stderr
+and the batch goes on. Ctrl-C or SIGTERM stops the run after cleaning up (no
+partial files; --skip-existing resumes). Exit status: 0 if every file was done
+or skipped, 1 if any failed, 2 for a usage error, 130 if interrupted.
 """
 
 
@@ -46,13 +49,43 @@ class _EchoHandler(logging.Handler):
             self.handleError(record)
 
 
-def _echo(message: str) -> None:
+def _echo(message: str, *, lines: bool = False) -> None:
+    """One message on stderr, above the progress bar. Control characters (from file names)
+    are escaped so that it stays one line; ``lines``: a multi-line text (a traceback),
+    escaped line by line."""
+    from ebsr_basicsr.upscale.report import printable
+    text = "\n".join(printable(line) for line in message.split("\n")) if lines else printable(message)
     try:
         from tqdm import tqdm
         with tqdm.external_write_mode(file=sys.stderr):
-            click.echo(message, err=True)
+            click.echo(text, err=True)
     except ImportError:
-        click.echo(message, err=True)
+        click.echo(text, err=True)
+    except OSError:  # stderr closed (a pipe whose reader went away): nothing to tell
+        pass
+
+
+class _Size(click.ParamType):
+    """A count with an optional K/M/G/T suffix (powers of ``base``), at least ``minimum``."""
+
+    name = "size"
+
+    def __init__(self, base: int, minimum: int = 0):
+        self.base, self.minimum = base, minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper()
+        text = text[:-1] if text.endswith("B") and len(text) > 1 else text
+        power = {"K": 1, "M": 2, "G": 3, "T": 4}.get(text[-1:], 0)
+        try:
+            size = int(float(text[:-1] if power else text) * self.base ** power)
+        except (ValueError, OverflowError):
+            self.fail(f"{value!r} is not a size (examples: 50000000, 50M, 2G)", param, ctx)
+        if size < self.minimum:
+            self.fail(f"must be at least {self.minimum}", param, ctx)
+        return size
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> int:
@@ -93,7 +126,7 @@ def _load_model(model: Path, verbose: bool):
         _echo(f"error: {model}: cannot load model: {reason}")
         if verbose:
             import traceback
-            _echo(traceback.format_exc().rstrip())
+            _echo(traceback.format_exc().rstrip(), lines=True)
     sys.exit(1)
 
 
@@ -102,7 +135,7 @@ def _fail_unexpected(exc: Exception, verbose: bool) -> None:
     _echo(f"error: {type(exc).__name__}: {exc}")
     if verbose:
         import traceback
-        _echo(traceback.format_exc().rstrip())
+        _echo(traceback.format_exc().rstrip(), lines=True)
     else:
         _echo("(run with --verbose for the traceback)")
     sys.exit(1)
@@ -110,7 +143,7 @@ def _fail_unexpected(exc: Exception, verbose: bool) -> None:
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...",
-                type=click.Path(exists=True, readable=False, path_type=Path))
+                type=click.Path(path_type=Path))
 @click.option("-o", "--output", "outdir", default=Path("results"), show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Output folder (created if needed).")
 @click.option("-s", "--scale", type=click.Choice(["2", "3", "4"]), default="4", show_default=True,
@@ -123,6 +156,12 @@ def _fail_unexpected(exc: Exception, verbose: bool) -> None:
                    "fit in memory). Lower it if you run out of memory.")
 @click.option("--tile-pad", type=click.IntRange(min=0), default=10, show_default=True,
               help="Context pixels around each tile, so tiles join without seams.")
+@click.option("--max-pixels", type=_Size(1000), default="200M", show_default=True, metavar="N",
+              help="Refuse input images (and video frames) of more pixels than this, checked from the "
+                   "file's header before decoding (K/M/G: thousands, millions, billions; 0: no limit).")
+@click.option("--memory-limit", type=_Size(1024, minimum=1), default=None, metavar="SIZE",
+              help="Memory for one file (per worker), e.g. 2G or 500M: larger images are tiled, and "
+                   "refused if even tiles cannot fit [default: half the available memory].")
 @click.option("--suffix", default=None, metavar="TEXT",
               help="Appended to output names instead of _x<scale> (may be empty if -o differs from "
                    "the input folder).")
@@ -135,6 +174,9 @@ def _fail_unexpected(exc: Exception, verbose: bool) -> None:
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose output file already exists.")
 @click.option("--frames-dir", type=click.Path(file_okay=False, path_type=Path),
               help="For videos, also keep the upscaled frames as PNG in FRAMES_DIR/<name>_x<scale>/.")
+@click.option("--keep-partial", is_flag=True,
+              help="For a video that ends before its announced frame count (truncated or damaged), keep "
+                   "the frames upscaled as <name>_x<scale>.partial.mp4 (it still counts as failed).")
 @click.option("-j", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes, each with its own copy of the model.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -142,9 +184,12 @@ def _fail_unexpected(exc: Exception, verbose: bool) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Only report errors (no progress bar, no summary unless "
                                                     "something failed).")
 @click.option("-v", "--verbose", is_flag=True, help="Report every file, and tracebacks of unexpected errors.")
+@click.option("--progress-interval", type=click.FloatRange(min=0), default=15, show_default=True, metavar="SECONDS",
+              help="When stderr is not a terminal (a log file, a pipe), print a progress line this often "
+                   "(0: never). On a terminal a progress bar is shown instead.")
 @click.pass_context
-def main(ctx, inputs, outdir, scale, model, tile, tile_pad, suffix, ext, jpeg_quality, recursive,
-         skip_existing, frames_dir, workers, threads, quiet, verbose):
+def main(ctx, inputs, outdir, scale, model, tile, tile_pad, max_pixels, memory_limit, suffix, ext, jpeg_quality,
+         recursive, skip_existing, frames_dir, keep_partial, workers, threads, quiet, verbose, progress_interval):
     """Upscale images (PNG, JPEG, BMP, TIFF, WebP), folders of them, and videos.
 
     Each INPUT is a file or a folder. Images keep their bit depth, gray/colour
@@ -155,7 +200,24 @@ def main(ctx, inputs, outdir, scale, model, tile, tile_pad, suffix, ext, jpeg_qu
         raise click.BadParameter("must not contain a path separator", param_hint="--suffix")
     level = _setup_logging(quiet, verbose)
 
-    from ebsr_basicsr.upscale import batch
+    from ebsr_basicsr.upscale import interrupts
+    with interrupts.handle_signals():
+        try:
+            status = _run(ctx, inputs, outdir, scale, model, level, quiet, verbose, progress_interval, workers,
+                          threads, options=dict(suffix=suffix, ext=ext, quality=jpeg_quality, tile=tile,
+                                                tile_pad=tile_pad, recursive=recursive, skip_existing=skip_existing,
+                                                frames_dir=frames_dir, max_pixels=max_pixels,
+                                                memory_budget=memory_limit, keep_partial=keep_partial))
+        except KeyboardInterrupt:
+            _echo("interrupted")
+            status = interrupts.EXIT_STATUS
+    sys.exit(status)
+
+
+def _run(ctx, inputs, outdir, scale, model, level, quiet, verbose, progress_interval, workers, threads,
+         options) -> int:
+    from ebsr_basicsr.upscale import batch, interrupts
+    from ebsr_basicsr.upscale.report import ProgressLog
     from ebsr_basicsr.weights import NoDefaultModel, default_model_path
 
     scale = int(scale)
@@ -182,22 +244,26 @@ def main(ctx, inputs, outdir, scale, model, tile, tile_pad, suffix, ext, jpeg_qu
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         _echo(f"error: cannot create the output folder {outdir}: {exc.strerror or exc}")
-        sys.exit(1)
+        return 1
 
-    options = batch.BatchOptions(output_dir=outdir, suffix=suffix, ext=ext, quality=jpeg_quality, tile=tile,
-                                 tile_pad=tile_pad, recursive=recursive, skip_existing=skip_existing,
-                                 frames_dir=frames_dir)
+    options = batch.BatchOptions(output_dir=outdir, **options)
+    interrupts.check()
     try:
         plan = batch.plan_batch(inputs, scale, options)
+    except KeyboardInterrupt:
+        raise
     except Exception as exc:  # not a per-file problem
         _fail_unexpected(exc, verbose)
     if not plan.jobs and not plan.results:
         _echo("nothing to do: no image or video files found in the inputs")
-        sys.exit(0)
+        return 0
 
     from tqdm import tqdm
-    bar = tqdm(total=plan.total_units, unit="frame" if plan.has_video else "img", file=sys.stderr,
+    unit = "frame" if plan.has_video else "img"
+    bar = tqdm(total=plan.total_units, unit=unit, file=sys.stderr,
                disable=True if quiet else None, dynamic_ncols=True, leave=False)
+    lines = ProgressLog(plan.total_units, "frames" if plan.has_video else "images",
+                        progress_interval if bar.disable and not quiet else 0, _echo)
 
     unexpected = []
 
@@ -206,7 +272,7 @@ def main(ctx, inputs, outdir, scale, model, tile, tile_pad, suffix, ext, jpeg_qu
             _echo(f"error: {r.src}: {r.reason}")
             if r.traceback:
                 if verbose:
-                    _echo(r.traceback.rstrip())
+                    _echo(r.traceback.rstrip(), lines=True)
                 else:
                     unexpected.append(r.src)
         elif r.status == "skipped":
@@ -215,35 +281,42 @@ def main(ctx, inputs, outdir, scale, model, tile, tile_pad, suffix, ext, jpeg_qu
         elif verbose:
             what = f"{r.units} frames, " if r.kind == "video" else ""
             _echo(f"{r.src} -> {r.dst} ({what}{r.seconds:.1f} s)")
-        for lvl, msg in r.messages:
-            if lvl >= level:
-                _echo(_EchoHandler.PREFIX.get(lvl, "") + f"{r.src}: {msg}")
-        if r.expected_units and r.units != r.expected_units and not bar.disable:
-            bar.total = max(bar.n, bar.total + r.units - r.expected_units)
-            bar.refresh()
+        if r.expected_units and r.units != r.expected_units:
+            lines.total = max(lines.done, lines.total + r.units - r.expected_units)
+            if not bar.disable:
+                bar.total = max(bar.n, bar.total + r.units - r.expected_units)
+                bar.refresh()
 
     def on_start(job):
+        lines.current = job.src.name
         if not bar.disable:
             bar.set_postfix_str(job.src.name, refresh=True)
+
+    def on_progress(n):
+        bar.update(n)
+        lines.update(n)
+
+    def on_message(job, lvl, msg):
+        if lvl >= level:
+            _echo(_EchoHandler.PREFIX.get(lvl, "") + f"{job.src}: {msg}")
 
     loader = functools.partial(batch.load_engine, str(model))
     try:
         summary = batch.run_batch(plan, engine, options=options, engine_loader=loader, workers=workers,
-                                  threads=threads, on_result=on_result, on_progress=bar.update,
-                                  on_start=on_start)
+                                  threads=threads, on_result=on_result, on_progress=on_progress,
+                                  on_start=on_start, on_message=on_message)
     except KeyboardInterrupt:
-        bar.close()
-        _echo("interrupted")
-        sys.exit(130)
+        raise
     except Exception as exc:  # not a per-file problem
         bar.close()
         _fail_unexpected(exc, verbose)
-    bar.close()
+    finally:
+        bar.close()
     if unexpected:
         _echo("note: run with --verbose to see the tracebacks of the unexpected errors")
     if not quiet or summary.failed:
         _echo(f"{summary.line()} ({summary.elapsed:.1f} s)")
-    sys.exit(1 if summary.failed else 0)
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ebsr_basicsr.upscale.report import printable
 from ebsr_basicsr.upscale.video import VideoError, assemble_frames
 
 
@@ -26,7 +27,7 @@ def main(framedir, output, fps, audio_from):
     try:
         res = assemble_frames(framedir, output, fps, audio_from=audio_from)
     except (VideoError, OSError) as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(printable(f"error: {exc}"), err=True)
         sys.exit(1)
     click.echo(f"{res.frames} frames at {fps:g} fps written to {output}")
     if audio_from is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from ebsr_basicsr.upscale.report import printable
 from ebsr_basicsr.upscale.video import VideoError, extract_frames
 
 
@@ -22,7 +23,7 @@ def main(video, outdir):
     try:
         info = extract_frames(video, outdir)
     except (VideoError, OSError) as exc:
-        click.echo(f"error: {video}: {exc}", err=True)
+        click.echo(printable(f"error: {video}: {exc}"), err=True)
         sys.exit(1)
     click.echo(f"{info.frame_count} frames ({info.width}x{info.height}) written to {outdir}")
     click.echo(f"fps: {info.fps:g}")

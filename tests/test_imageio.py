@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ebsr_basicsr.upscale.imageio import (ImageReadError, ImageWriteError, apply_orientation, atomic_write_bytes,
+from ebsr_basicsr.upscale.imageio import (ImageReadError, ImageWriteError, apply_orientation,
                                   decode_image, encode_image, exif_orientation, read_image, sniff_format,
                                   write_image)
 
@@ -228,7 +228,7 @@ def test_refuses_to_write_over_a_protected_file(tmp_path):
     link = tmp_path / "link.png"
     os.link(src, link)  # same file under another name
     with pytest.raises(ImageWriteError, match="refusing"):
-        atomic_write_bytes(link, b"x", protect=[src])
+        write_image(link, img, protect=[src])
     assert sha(src) == before
 
 

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from ebsr_basicsr.upscale import batch as batch_mod
 from ebsr_basicsr.upscale.batch import BatchOptions, plan_batch, process_job, run_batch
 from ebsr_basicsr.upscale.imageio import read_image, write_image
-from ebsr_basicsr.upscale.upscaler import EngineOutputError, UnsupportedImageError, auto_tile_size, upscale_image
+from ebsr_basicsr.upscale.upscaler import (EngineOutputError, UnsupportedImageError, memory_estimate, plan_tiles,
+                                          upscale_image)
 from ebsr_basicsr.upscale.video import (VideoError, VideoSink, assemble_frames, extract_frames, has_audio, iter_frames,
                                 probe_video, upscale_video)
 
@@ -43,7 +44,7 @@ class StandInEngine:
 
     def __init__(self, scale=2):
         self.scale = scale
-        self.header = {"arch": "StandIn", "num_feat": 8, "scale": scale, "format_version": 0}
+        self.header = {"arch": "StandIn", "network_g": {"num_feat": 8}, "scale": scale, "format_version": 0}
         self.calls = []
 
     def run(self, x):
@@ -226,17 +227,24 @@ def test_tiles_without_pad_show_seams(engine):
 
 
 def test_automatic_tiling_under_a_memory_budget(engine):
-    assert auto_tile_size(40, 48, 2, features=8, budget=1 << 30) == 0
-    tile = auto_tile_size(400, 480, 2, features=8, tile_pad=4, budget=4 << 20)
+    budget = 40 << 20
+    assert plan_tiles(engine, 40, 48, budget=1 << 30) == 0
+    tile = plan_tiles(engine, 400, 480, tile_pad=4, budget=budget)
     assert 64 <= tile < 400 and tile % 8 == 0
+    # the largest multiple of 8 whose estimate fits
+    assert memory_estimate(engine, 400, 480, tile=tile, tile_pad=4) <= budget
+    assert memory_estimate(engine, 400, 480, tile=tile + 8, tile_pad=4) > budget
     big = np.tile(photo(40, 48), (10, 10, 1))  # 400 x 480
     whole = upscale_image(engine, big, memory_budget=1 << 34)
     n = len(engine.calls)
-    out = upscale_image(engine, big, tile_pad=4, memory_budget=4 << 20)
+    out = upscale_image(engine, big, tile_pad=4, memory_budget=budget)
     assert len(engine.calls) - n > 1  # it was split...
+    assert len(set(engine.calls[n:])) == 1  # ...into windows of one size (the engine reuses its buffers)...
     np.testing.assert_array_equal(out, whole)  # ...without seams
     # the header's feature width counts: a wider model gets smaller tiles
-    assert auto_tile_size(400, 480, 2, features=64, tile_pad=4, budget=4 << 20) < tile
+    wide = StandInEngine(2)
+    wide.header = {"network_g": {"num_feat": 64}}
+    assert plan_tiles(wide, 400, 480, tile_pad=4, budget=budget) < tile
 
 
 def test_bad_arrays_and_bad_engines(engine):
@@ -549,7 +557,8 @@ def test_help_reads_well():
     assert res.exit_code == 0
     for text in ["INPUT...", "--scale", "--model", "--tile", "--tile-pad", "--suffix", "--ext", "--jpeg-quality",
                  "--recursive", "--skip-existing", "--frames-dir", "--workers", "--threads", "--quiet",
-                 "--verbose", "Examples:", "ebsr-upscale photos/"]:
+                 "--verbose", "--max-pixels", "--memory-limit", "--keep-partial", "--progress-interval",
+                 "Examples:", "ebsr-upscale photos/", "130 if interrupted"]:
         assert text in res.output, text
 
 
@@ -618,26 +627,25 @@ def test_cli_interrupt_leaves_no_partial_files(tmp_path, inputs, monkeypatch):
     model = standin_model(tmp_path / "m.ebsr", 2)
     monkeypatch.setattr(batch_mod, "load_engine", lambda path: Interrupted(2))
     out = tmp_path / "out"
-    from ebsr_basicsr.cli.upscale import main
-    res = CliRunner().invoke(main, [str(inputs / "clip.mp4"), str(inputs / "cat.png"), "-o", str(out),
-                                    "-m", str(model), "--frames-dir", str(tmp_path / "frames")])
+    res = cli([inputs / "clip.mp4", inputs / "cat.png", "-o", out, "-m", model, "--frames-dir", tmp_path / "frames"])
     assert res.exit_code == 130 and "interrupted" in res.stderr
     assert list(out.iterdir()) == []
     assert not [p for p in (tmp_path / "frames").rglob(".*")]
 
 
 def test_remove_temp_files_of_an_interrupted_job(tmp_path):
-    job = batch_mod.Job(0, tmp_path / "a.png", tmp_path / "out" / "clip_x2.mp4", "video", tmp_path / "fr")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "fr").mkdir()
-    stale = [tmp_path / "out" / ".clip_x2.abc123.part.mp4", tmp_path / "out" / ".clip_x2.def.mux.mp4",
-             tmp_path / "out" / ".clip_x2.mp4.xyz.tmp", tmp_path / "fr" / ".000003.png.q1.tmp"]
-    keep = [tmp_path / "out" / "clip_x2.mp4", tmp_path / "out" / ".other.abc.part.mp4",
-            tmp_path / "fr" / "000001.png"]
-    for p in stale + keep:
+    from ebsr_basicsr._files import AtomicFile
+    out, frames = tmp_path / "out", tmp_path / "fr"
+    out.mkdir()
+    frames.mkdir()
+    job = batch_mod.Job(0, tmp_path / "a.mp4", out / "clip[1]*_x2.mp4", "video", frames)  # glob characters
+    stale = [AtomicFile(job.dst).path, AtomicFile(job.dst).path, AtomicFile(frames / "000003.png").path]
+    keep = [out / "clip[1]*_x2.mp4", AtomicFile(out / "clip1_x2.mp4").path, AtomicFile(out / "other.mp4").path,
+            frames / "000001.png"]
+    for p in keep:
         p.write_bytes(b"x")
     batch_mod.remove_temp_files(job)
-    assert [p.exists() for p in stale] == [False] * 4 and all(p.exists() for p in keep)
+    assert [p.exists() for p in stale] == [False] * 3 and all(p.exists() for p in keep)
 
 
 def test_cli_tiling_and_verbose(tmp_path, inputs, monkeypatch):
@@ -672,8 +680,10 @@ def test_cli_model_and_scale_errors(tmp_path, inputs, monkeypatch):
     if missing:
         res = cli([img, "-o", tmp_path / "o", "--scale", missing[0]], monkeypatch)
         assert res.exit_code == 2 and f"no embedded model for x{missing[0]}" in res.stderr and "--model" in res.stderr
+    # a missing input is a failed file, not a usage error
+    res = cli([tmp_path / "nope.png", "-o", tmp_path / "o", "-m", model3], monkeypatch)
+    assert res.exit_code == 1 and f"error: {tmp_path / 'nope.png'}: no such file or directory" in res.stderr
     # click usage errors
-    assert cli([tmp_path / "nope.png", "-m", model3], monkeypatch).exit_code == 2
     assert cli([img, "-m", model3, "--ext", "gif"], monkeypatch).exit_code == 2
     assert cli([img, "-m", model3, "--jpeg-quality", "0"], monkeypatch).exit_code == 2
     assert cli([img, "-m", model3, "-q", "-v"], monkeypatch).exit_code == 2

@@ -12,9 +12,11 @@ Nothing here imports torch or basicsr; the engine comes from ``ebsr_basicsr.runt
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue as queue_mod
+import signal
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -26,9 +28,13 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from .imageio import (IMAGE_EXTENSIONS, WRITE_FORMATS, ImageReadError, ImageWriteError, format_for_path,
-                      read_image, write_image)
-from .upscaler import EngineOutputError, UnsupportedImageError, default_memory_budget, upscale_image
+from .. import _files
+from . import interrupts
+from .imageio import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, WRITE_FORMATS, ImageReadError, ImageWriteError,
+                      check_pixels, decode_image, format_for_path, image_size, max_file_bytes, read_file,
+                      write_image)
+from .upscaler import (EngineOutputError, MemoryBudgetError, UnsupportedImageError, default_memory_budget,
+                       plan_tiles, upscale_image)
 from .video import VIDEO_EXTENSIONS, VideoError, probe_video, upscale_video
 
 log = logging.getLogger(__name__)
@@ -39,7 +45,7 @@ EXT_CHOICES = ("auto",) + tuple(WRITE_FORMATS)
 
 #: errors that are a property of one input file, reported without a traceback
 EXPECTED_ERRORS = (ImageReadError, ImageWriteError, VideoError, UnsupportedImageError, EngineOutputError,
-                   OSError, cv2.error)
+                   MemoryBudgetError, OSError, cv2.error)
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,7 +62,9 @@ class BatchOptions:
     recursive: bool = False               # folders: include sub-folders (mirrored in output_dir)
     skip_existing: bool = False
     frames_dir: Optional[Path] = None     # videos: also keep the upscaled frames as PNG here
-    memory_budget: Optional[int] = None   # bytes for one engine pass; None: from free memory
+    memory_budget: Optional[int] = None   # bytes for one file (per worker); None: from free memory
+    max_pixels: Optional[int] = DEFAULT_MAX_PIXELS  # larger inputs are refused; 0/None: no limit
+    keep_partial: bool = False            # videos that fail partway: keep <name>.partial.mp4
     copy_audio: bool = True
     ffmpeg: Optional[str] = "auto"        # "auto": look up on PATH; None: never use ffmpeg
 
@@ -89,7 +97,6 @@ class JobResult:
 class Plan:
     jobs: List[Job]
     results: List[JobResult]              # settled while planning (skipped or failed)
-    scale: int
     suffix: str
 
     @property
@@ -257,22 +264,28 @@ def plan_batch(inputs: Sequence[PathLike], scale: int, options: BatchOptions) ->
             except VideoError:
                 units = 1  # the job reports the error
         jobs.append(Job(len(jobs), src, dst, kind, frames_dir, units))
-    return Plan(jobs, results, scale, suffix)
+    return Plan(jobs, results, suffix)
 
 
 # --------------------------------------------------------------------------------------------
 # one job
 # --------------------------------------------------------------------------------------------
-class _ListHandler(logging.Handler):
-    def __init__(self):
+class _JobHandler(logging.Handler):
+    """Keeps the library's log records of one job, and passes each on as it comes."""
+
+    def __init__(self, emit: Optional[Callable[[int, str], None]] = None):
         super().__init__(logging.DEBUG)
         self.records: List[Tuple[int, str]] = []
+        self.forward = emit
 
     def emit(self, record):
         try:
-            self.records.append((record.levelno, record.getMessage()))
+            message = record.getMessage()
         except Exception:  # a bad format string must not fail the job
-            self.records.append((record.levelno, str(record.msg)))
+            message = str(record.msg)
+        self.records.append((record.levelno, message))
+        if self.forward is not None:
+            self.forward(record.levelno, message)
 
 
 def _reason(exc: BaseException) -> str:
@@ -285,28 +298,56 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _read_image(job: Job, engine, options: BatchOptions) -> np.ndarray:
+    """Decode an input image, refusing before decoding what the header shows cannot be done
+    (more than ``max_pixels``; more memory than the budget even as 8-bit gray)."""
+    data = read_file(job.src, max_file_bytes(options.max_pixels))
+    interrupts.check()
+    size = image_size(data)
+    if size is not None:
+        check_pixels(size[0], size[1], options.max_pixels)
+        plan_tiles(engine, size[1], size[0], channels=1, itemsize=1, tile=options.tile, tile_pad=options.tile_pad,
+                   budget=options.memory_budget)
+    return decode_image(data, max_pixels=options.max_pixels)
+
+
+def _release_buffers(engine) -> None:
+    """Drop the buffers the engine keeps for reuse: they fit the last file's size only."""
+    pool = getattr(engine, "pool", None)
+    clear = getattr(pool, "clear", None)
+    if callable(clear):
+        clear()
+
+
 def process_job(engine, job: Job, options: BatchOptions, protect: Iterable[PathLike] = (),
-                on_units: Optional[Callable[[int], None]] = None) -> JobResult:
+                on_units: Optional[Callable[[int], None]] = None,
+                on_message: Optional[Callable[[int, str], None]] = None) -> JobResult:
     """Upscale one file; never raises for a per-file problem (the result says what happened).
 
-    Log records of the library emitted meanwhile are kept in ``result.messages`` (and not
-    propagated), so the caller can report them with the file name, from any process."""
+    Log records of the library emitted meanwhile are not propagated: each is passed to
+    ``on_message(level, text)`` as it comes and kept in ``result.messages``, so the caller
+    can report them with the file name, from any process.
+    A pending interrupt (see :mod:`.interrupts`) raises :class:`.interrupts.Interrupted`
+    at the next safe point, after the job's temporary files are removed; any error that
+    happens while an interrupt is pending is taken for the interrupt."""
     t0 = time.perf_counter()
     res = JobResult(job.src, "failed", dst=job.dst, kind=job.kind, expected_units=job.units)
     pkg = logging.getLogger(PKG_LOGGER)
-    # the job's records go to the result only (the caller reports them, from any process)
-    handler, saved_handlers, propagate = _ListHandler(), pkg.handlers[:], pkg.propagate
+    # the job's records go to the caller only (who reports them with the file name)
+    handler, saved_handlers, propagate = _JobHandler(on_message), pkg.handlers[:], pkg.propagate
     pkg.handlers = [handler]
     pkg.propagate = False
     advance = on_units or (lambda n: None)
     protect = list(protect)
     frames_done = [0]
     try:
+        interrupts.check()
         if job.kind == "image":
-            img = read_image(job.src)
+            img = _read_image(job, engine, options)
             out = upscale_image(engine, img, tile=options.tile, tile_pad=options.tile_pad,
                                 memory_budget=options.memory_budget)
             del img
+            interrupts.check()
             job.dst.parent.mkdir(parents=True, exist_ok=True)
             write_image(job.dst, out, fmt=format_for_path(job.dst), quality=options.quality, protect=protect)
             res.units = 1
@@ -321,19 +362,25 @@ def process_job(engine, job: Job, options: BatchOptions, protect: Iterable[PathL
             video = upscale_video(engine, job.src, job.dst, tile=options.tile, tile_pad=options.tile_pad,
                                   memory_budget=options.memory_budget, frames_dir=job.frames_dir,
                                   copy_audio=options.copy_audio, ffmpeg=options.ffmpeg, protect=protect,
+                                  max_pixels=options.max_pixels, keep_partial=options.keep_partial,
                                   on_frame=on_frame)
             res.units = video.frames
         res.status = "done"
-    except MemoryError:
-        res.reason = "out of memory (try a smaller --tile, e.g. --tile 128, or fewer --workers)"
-    except EXPECTED_ERRORS as exc:
-        res.reason = _reason(exc)
-    except Exception as exc:  # a bug or an engine failure: still only this file fails
-        res.reason = f"unexpected error: {type(exc).__name__}: {exc}"
-        res.traceback = traceback.format_exc()
+    except BaseException as exc:
+        interrupts.raise_if_interrupted(exc)
+        if isinstance(exc, MemoryError):
+            res.reason = "out of memory (try a smaller --tile, e.g. --tile 128, or fewer --workers)"
+        elif isinstance(exc, EXPECTED_ERRORS):
+            res.reason = _reason(exc)
+        elif isinstance(exc, Exception):  # a bug or an engine failure: still only this file fails
+            res.reason = f"unexpected error: {type(exc).__name__}: {exc}"
+            res.traceback = traceback.format_exc()
+        else:
+            raise
     finally:
         if res.status != "done":
             res.units = frames_done[0]  # frames already counted as progress
+        _release_buffers(engine)
         pkg.handlers = saved_handlers
         pkg.propagate = propagate
         res.messages = handler.records
@@ -357,18 +404,13 @@ def set_threads(n: Optional[int]) -> None:
     than the kernels' pool has are reduced to the pool size, with a warning."""
     if not n:
         return
-    n = int(n)
-    try:
-        from .. import kernels
-        setter, limit = kernels.set_num_threads, kernels.max_threads()
-    except (ImportError, AttributeError):  # kernels not built yet: numba's own pool
-        import numba
-        setter, limit = numba.set_num_threads, numba.config.NUMBA_NUM_THREADS
+    from .. import kernels
+    n, limit = int(n), kernels.max_threads()
     if n > limit:
         log.warning("%d threads requested but only %d available: using %d", n, limit, limit)
         n = limit
     cv2.setNumThreads(n)
-    setter(n)
+    kernels.set_num_threads(n)
 
 
 def warm_up(engine) -> None:
@@ -379,19 +421,25 @@ def warm_up(engine) -> None:
 _WORKER: dict = {}
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds, so temporary files are removed
+def _worker_signal(signum, frame):
+    """SIGTERM in a worker: an idle worker exits at once; a busy one stops at the job's next
+    safe point, after cleaning up (see :func:`_worker_job`)."""
+    if _WORKER.get("busy"):
+        interrupts.record(signum, frame)
+    else:
+        raise SystemExit(128 + signum)
 
 
 def _worker_init(loader, options, protect, threads, level, progress_queue):
-    import signal
     # Ctrl-C is handled by the parent, which stops the workers with SIGTERM: no stray
-    # KeyboardInterrupt tracebacks from idle workers, and busy ones unwind and clean up
+    # KeyboardInterrupt tracebacks from idle workers, and busy ones unwind and clean up.
+    # The parent starts workers with both signals blocked, so none is lost before this.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, _worker_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)
     logging.getLogger(PKG_LOGGER).setLevel(level)
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    _WORKER.update(options=options, protect=protect, queue=progress_queue, engine=None, error=None)
+    _WORKER.update(options=options, protect=protect, queue=progress_queue, engine=None, error=None, busy=False)
     try:
         set_threads(threads)
         _WORKER["engine"] = loader()
@@ -403,8 +451,16 @@ def _worker_job(job: Job) -> JobResult:
     if _WORKER["error"]:
         return JobResult(job.src, "failed", dst=job.dst, kind=job.kind, reason=_WORKER["error"])
     q = _WORKER["queue"]
-    return process_job(_WORKER["engine"], job, _WORKER["options"], _WORKER["protect"],
-                       lambda n: q.put((job.index, n)))
+    _WORKER["busy"] = True
+    try:
+        interrupts.check()
+        return process_job(_WORKER["engine"], job, _WORKER["options"], _WORKER["protect"],
+                           on_units=lambda n: q.put((job.index, "units", n)),
+                           on_message=lambda level, text: q.put((job.index, "log", (level, text))))
+    except KeyboardInterrupt:  # stopped by the parent: the job has cleaned up; nothing more to do
+        os._exit(interrupts.EXIT_STATUS)
+    finally:
+        _WORKER["busy"] = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,7 +471,8 @@ def run_batch(plan: Plan, engine=None, *, options: BatchOptions,
               threads: Optional[int] = None, protect: Iterable[PathLike] = (),
               on_result: Optional[Callable[[JobResult], None]] = None,
               on_progress: Optional[Callable[[int], None]] = None,
-              on_start: Optional[Callable[[Job], None]] = None) -> Summary:
+              on_start: Optional[Callable[[Job], None]] = None,
+              on_message: Optional[Callable[[Job, int, str], None]] = None) -> Summary:
     """Run the jobs of ``plan`` and return the summary.
 
     ``engine``: an engine already loaded in this process (used when ``workers`` is 1 and
@@ -423,7 +480,14 @@ def run_batch(plan: Plan, engine=None, *, options: BatchOptions,
     engine, required for ``workers`` > 1 (each worker calls it once). ``protect``: files never
     to be written over (all inputs of the plan are always protected). ``on_result`` is called
     for every result (planning results first), ``on_progress(n)`` when n more images or
-    frames are done, ``on_start(job)`` when a job starts (in-process runs only)."""
+    frames are done, ``on_start(job)`` when a job starts (in-process runs only),
+    ``on_message(job, level, text)`` for each log record of a job as it comes (they are
+    also in the job's result).
+
+    Stopping: when a signal is pending (see :mod:`.interrupts`, installed by the caller),
+    :class:`.interrupts.Interrupted` is raised once the job in progress has cleaned up (with
+    workers: once they have stopped, or were killed after a grace period); the temporary
+    files of the unfinished jobs are removed, finished outputs are complete."""
     t0 = time.perf_counter()
     protect = [j.src for j in plan.jobs] + [r.src for r in plan.results] + list(protect)
     results: List[JobResult] = []
@@ -438,9 +502,10 @@ def run_batch(plan: Plan, engine=None, *, options: BatchOptions,
     jobs = plan.jobs
     workers = max(1, min(int(workers), len(jobs)))
     progress = on_progress or (lambda n: None)
+    message = on_message or (lambda job, level, text: None)
 
     if options.memory_budget is None:
-        options = _with_budget(options, default_memory_budget(workers))
+        options = replace(options, memory_budget=default_memory_budget(workers))
 
     if workers == 1:
         if jobs and engine is None:
@@ -449,9 +514,15 @@ def run_batch(plan: Plan, engine=None, *, options: BatchOptions,
             engine = engine_loader()
         set_threads(threads)
         for job in jobs:
+            interrupts.check()
             if on_start is not None:
                 on_start(job)
-            report(process_job(engine, job, options, protect, progress))
+            try:
+                report(process_job(engine, job, options, protect, progress,
+                                   functools.partial(message, job)))
+            except BaseException:  # interrupted: the job cleans up; this is the safety net
+                remove_temp_files(job)
+                raise
         return Summary(results, time.perf_counter() - t0)
 
     if engine_loader is None:
@@ -460,68 +531,71 @@ def run_batch(plan: Plan, engine=None, *, options: BatchOptions,
         warm_up(engine)  # numba compiles (and caches) once here instead of in every worker
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    _run_parallel(jobs, engine_loader, options, protect, workers, threads, report, progress)
+    _run_parallel(jobs, engine_loader, options, protect, workers, threads, report, progress, message)
     return Summary(results, time.perf_counter() - t0)
 
 
-def _with_budget(options: BatchOptions, budget: int) -> BatchOptions:
-    return replace(options, memory_budget=budget)
-
-
-def _stop_processes(processes, grace: float = 5.0) -> None:
-    """SIGTERM (the workers unwind and clean up), then SIGKILL what is left after ``grace`` s."""
+def _stop_processes(processes, grace: float = 30.0) -> None:
+    """SIGTERM (the workers stop at a safe point and clean up), then SIGKILL what is left after
+    ``grace`` seconds, or at once when another signal arrives meanwhile."""
     for proc in processes:
         if proc.is_alive():
             proc.terminate()
     deadline = time.monotonic() + grace
+    signals = interrupts.received()
+    while any(proc.is_alive() for proc in processes):
+        if time.monotonic() > deadline or interrupts.received() != signals:
+            break
+        time.sleep(0.05)
     for proc in processes:
-        proc.join(max(0.0, deadline - time.monotonic()))
         if proc.is_alive():
             proc.kill()
             proc.join(1.0)
 
 
 def remove_temp_files(job: Job) -> None:
-    """Remove the temporary files an interrupted job may have left (see imageio and video)."""
-    dst = job.dst
-    patterns = [(dst.parent, f".{dst.name}.*.tmp"), (dst.parent, f".{dst.stem}.*.part{dst.suffix}"),
-                (dst.parent, f".{dst.stem}.*.mux{dst.suffix}")]
+    """Remove the temporary files an interrupted job may have left (see ``ebsr_basicsr._files``)."""
+    _files.remove_temp_files(job.dst.parent, job.dst.name)
     if job.frames_dir is not None:
-        patterns.append((job.frames_dir, ".*.png.*.tmp"))
-    for folder, pattern in patterns:
-        try:
-            for path in Path(folder).glob(pattern):
-                path.unlink()
-        except OSError:
-            pass
+        _files.remove_temp_files(job.frames_dir)
 
 
-def _run_parallel(jobs, loader, options, protect, workers, threads, report, progress):
+def _run_parallel(jobs, loader, options, protect, workers, threads, report, progress, message):
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     progress_queue = ctx.Queue()
     level = logging.getLogger(PKG_LOGGER).getEffectiveLevel()
-    done_units, settled = {}, set()
+    done_units, told, settled = {}, {}, set()
 
     def drain():
         while True:
             try:
-                index, n = progress_queue.get_nowait()
+                index, kind, value = progress_queue.get_nowait()
             except (queue_mod.Empty, EOFError, OSError):
                 return
             if index in settled:  # late message of a job already accounted for
                 continue
-            done_units[index] = done_units.get(index, 0) + n
-            progress(n)
+            if kind == "log":
+                told[index] = told.get(index, 0) + 1
+                message(jobs[index], *value)
+            else:
+                done_units[index] = done_units.get(index, 0) + value
+                progress(value)
 
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                    initargs=(loader, options, protect, threads, level, progress_queue))
     futures = {}
     try:
-        futures = {executor.submit(_worker_job, job): job for job in jobs}
+        # workers start (on submit) with the signals blocked, until their handlers are set
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.SIGNALS)
+        try:
+            futures = {executor.submit(_worker_job, job): job for job in jobs}
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         pending = set(futures)
         while pending:
+            interrupts.check()
             finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             drain()
             for fut in finished:
@@ -529,20 +603,23 @@ def _run_parallel(jobs, loader, options, protect, workers, threads, report, prog
                 try:
                     res = fut.result()
                 except BrokenProcessPool:
+                    interrupts.check()
                     res = JobResult(job.src, "failed", dst=job.dst, kind=job.kind,
                                     reason="the worker process died (out of memory? try --tile or fewer --workers)")
                 except Exception as exc:
                     res = JobResult(job.src, "failed", dst=job.dst, kind=job.kind,
                                     reason=f"unexpected error: {type(exc).__name__}: {exc}",
                                     traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-                # progress messages may still be in flight: settle the job's units here
+                # progress and log messages may still be in flight: settle the job here
                 missing = res.units - done_units.get(job.index, 0) if res.status == "done" else 0
                 settled.add(job.index)
+                for level, text in res.messages[told.get(job.index, 0):]:
+                    message(job, level, text)
                 if missing > 0:
                     progress(missing)
                 report(res)
         drain()
-    except BaseException:  # Ctrl-C: stop now rather than after the jobs in progress
+    except BaseException:  # interrupted: stop the workers now rather than after their jobs
         processes = list((getattr(executor, "_processes", None) or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
         _stop_processes(processes)

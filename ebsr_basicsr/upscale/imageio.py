@@ -9,20 +9,24 @@ Reading (:func:`read_image`):
   format and version (``IMREAD_UNCHANGED`` ignores the tag for JPEG/PNG/WebP but the TIFF
   decoder applies it itself), so the tag is reset to 1 in a private copy of the bytes before
   decoding and the orientation is then applied here, the same way for every format;
+* the size is read from the header (:func:`image_size`) before anything is decoded, so an
+  image of more than ``max_pixels`` pixels (a "decompression bomb": a small file that
+  decodes to gigabytes) is refused without allocating it; content that is none of the five
+  formats is refused without handing it to OpenCV;
 * empty, truncated, corrupt and non-image files raise :class:`ImageReadError` with a short
   reason that can be shown to a user.
 
-Writing (:func:`write_image`) encodes in memory, writes a temporary file next to the
-destination and renames it over the destination (``os.replace``): a reader never sees a
-half-written file and an existing file is left intact when anything fails. It refuses to
-replace a file listed in ``protect`` (the inputs of a batch).
+Writing (:func:`write_image`) encodes straight into a temporary file next to the destination
+(no encoded copy of the image in memory) and renames it over the destination
+(:class:`ebsr_basicsr._files.AtomicFile`): a reader never sees a half-written file and an
+existing file is left intact when anything fails. It refuses to replace a file listed in
+``protect`` (the inputs of a batch).
 """
 from __future__ import annotations
 
 import logging
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Iterable, Optional, Tuple, Union
@@ -30,7 +34,7 @@ from typing import Iterable, Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from .._files import file_mode
+from .._files import AtomicFile
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +51,19 @@ _EXT_FORMAT = {
 }
 _FORMAT_NAMES = {"png": "PNG", "jpg": "JPEG", "webp": "WebP", "tif": "TIFF", "bmp": "BMP"}
 _ORIENTATION_TAG = 0x0112
+_WIDTH_TAG, _HEIGHT_TAG = 0x0100, 0x0101
+#: default limit on the pixels of one input image (``max_pixels``)
+DEFAULT_MAX_PIXELS = 200_000_000
+#: rows converted at a time when 16-bit pixels are written as 8 bit (bounds the temporaries)
+_ROWS_PER_CHUNK = 256
 
 
 class ImageReadError(Exception):
     """An image file could not be read or decoded (the message is the reason)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels than the limit it is read with."""
 
 
 class ImageWriteError(Exception):
@@ -68,7 +81,7 @@ def sniff_format(data: bytes) -> Optional[str]:
         return "jpg"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF, BigTIFF
         return "tif"
     if data[:2] == b"BM":
         return "bmp"
@@ -132,6 +145,90 @@ def _riff_chunks(data: bytes):
         fourcc, length = struct.unpack("<4sI", data[pos:pos + 8])
         yield fourcc, pos + 8, min(length, n - pos - 8)
         pos += 8 + length + (length & 1)
+
+
+# --------------------------------------------------------------------------------------------
+# size from the header
+# --------------------------------------------------------------------------------------------
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers
+
+
+def _tiff_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """Width and height of the first image of a TIFF or BigTIFF file, from its first IFD."""
+    end = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    try:
+        if big:
+            (ifd,) = struct.unpack(end + "Q", data[8:16])
+            (count,) = struct.unpack(end + "Q", data[ifd:ifd + 8])
+            first, size, value_at = ifd + 8, 20, 12
+        else:
+            (ifd,) = struct.unpack(end + "I", data[4:8])
+            (count,) = struct.unpack(end + "H", data[ifd:ifd + 2])
+            first, size, value_at = ifd + 2, 12, 8
+        found = {}
+        for i in range(min(count, 4096)):
+            entry = first + size * i
+            tag, typ = struct.unpack(end + "HH", data[entry:entry + 4])
+            if tag in (_WIDTH_TAG, _HEIGHT_TAG):
+                code = {3: "H", 4: "I", 16: "Q"}.get(typ)
+                if code is None:
+                    return None
+                n = struct.calcsize(code)
+                (found[tag],) = struct.unpack(end + code, data[entry + value_at:entry + value_at + n])
+                if len(found) == 2:
+                    return found[_WIDTH_TAG], found[_HEIGHT_TAG]
+    except struct.error:  # cut short: the decoder reports it
+        return None
+    return None
+
+
+def image_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """``(width, height)`` of encoded PNG/JPEG/WebP/TIFF/BMP bytes read from the header alone
+    (before decoding, which is what makes a pixel limit protect memory); None if the header
+    does not say or cannot be read. Raises ImageReadError for a truncated JPEG header."""
+    fmt = sniff_format(data)
+    try:
+        if fmt == "png":
+            if data[12:16] == b"IHDR":
+                return struct.unpack(">II", data[16:24])
+        elif fmt == "jpg":
+            for marker, start, length in _jpeg_segments(data):
+                if marker in _JPEG_SOF and length >= 5:
+                    height, width = struct.unpack(">HH", data[start + 1:start + 5])
+                    return (width, height) if height else None  # 0: given after the scan (DNL)
+        elif fmt == "webp":
+            for fourcc, start, length in _riff_chunks(data):
+                chunk = data[start:start + length]
+                if fourcc == b"VP8X" and len(chunk) >= 10:
+                    w = int.from_bytes(chunk[4:7], "little") + 1
+                    return w, int.from_bytes(chunk[7:10], "little") + 1
+                if fourcc == b"VP8 " and len(chunk) >= 10 and chunk[3:6] == b"\x9d\x01\x2a":
+                    w, h = struct.unpack("<HH", chunk[6:10])
+                    return w & 0x3FFF, h & 0x3FFF
+                if fourcc == b"VP8L" and len(chunk) >= 5 and chunk[0] == 0x2F:
+                    (bits,) = struct.unpack("<I", chunk[1:5])
+                    return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            return None
+        elif fmt == "tif":
+            return _tiff_size(data)
+        elif fmt == "bmp":
+            (header,) = struct.unpack("<I", data[14:18])
+            if header == 12:  # OS/2 BITMAPCOREHEADER
+                return struct.unpack("<HH", data[18:22])
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+    except struct.error:
+        return None
+    return None
+
+
+def check_pixels(width: int, height: int, max_pixels: Optional[int]) -> None:
+    """Raise ImageTooLargeError if a ``width`` x ``height`` image exceeds ``max_pixels`` (0/None: no limit)."""
+    if max_pixels and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the limit of "
+            f"{max_pixels / 1e6:g} megapixels (--max-pixels; 0 for no limit)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,48 +348,70 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------
-def decode_image(data: bytes, *, apply_exif: bool = True) -> np.ndarray:
+def decode_image(data: bytes, *, apply_exif: bool = True,
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode encoded image bytes, see :func:`read_image`."""
     if not data:
         raise ImageReadError("empty file")
     fmt = sniff_format(data)
-    orientation = 1
-    if fmt in ("png", "jpg", "webp", "tif"):
-        if fmt == "png":
-            for _ in _png_chunks(data):  # raises on truncation
-                pass
-        elif fmt == "jpg":
-            for _ in _jpeg_segments(data):
-                pass
-        data, orientation = _reset_orientation(data, fmt)
+    if fmt is None:
+        raise ImageReadError("not an image file (unrecognised content)")
+    if fmt == "png":
+        for _ in _png_chunks(data):  # raises on truncation
+            pass
+    elif fmt == "jpg":
+        for _ in _jpeg_segments(data):
+            pass
+    size = image_size(data)
+    if size is not None:
+        check_pixels(size[0], size[1], max_pixels)
+    data, orientation = _reset_orientation(data, fmt)
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:  # OpenCV raises for a few malformed headers
+    except cv2.error as exc:  # OpenCV raises for a few malformed headers, and above its own limit
         raise ImageReadError(f"cannot decode image ({_short_cv_error(exc)})") from None
     if img is None:
-        if fmt is None:
-            raise ImageReadError("not an image file (unrecognised content)")
         raise ImageReadError(f"corrupt or unsupported {_FORMAT_NAMES[fmt]} data (cannot decode)")
     if img.size == 0:
         raise ImageReadError("image has no pixels")
+    check_pixels(img.shape[1], img.shape[0], max_pixels)  # headers that did not say
     if apply_exif and orientation != 1:
         img = apply_orientation(img, orientation)
     return img
 
 
-def read_image(path: PathLike, *, apply_exif: bool = True) -> np.ndarray:
-    """Read an image file as stored: uint8 or uint16, (H, W) gray, (H, W, 3) BGR or (H, W, 4) BGRA.
+def max_file_bytes(max_pixels: Optional[int]) -> Optional[int]:
+    """The largest file an image of at most ``max_pixels`` pixels can plausibly be (16-bit
+    RGBA stored uncompressed, plus 64 MB of metadata); None without a pixel limit."""
+    return max_pixels * 8 + (64 << 20) if max_pixels else None
 
-    The EXIF orientation is applied unless ``apply_exif`` is false. Raises ImageReadError
-    with a one-line reason for unreadable, empty, truncated, corrupt and non-image files."""
+
+def read_file(path: PathLike, max_bytes: Optional[int] = None) -> bytes:
+    """The bytes of a file (at most ``max_bytes``: a larger file, or an endless device or
+    pipe, is refused); ImageReadError with a one-line reason if it cannot be read."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
     except IsADirectoryError:
         raise ImageReadError("is a directory") from None
     except OSError as exc:
         raise ImageReadError(f"cannot read file ({exc.strerror or exc})") from None
-    return decode_image(data, apply_exif=apply_exif)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageTooLargeError(f"file is larger than {max_bytes / 1e6:.0f} MB, more than any image within "
+                                 f"the pixel limit (--max-pixels) can be")
+    return data
+
+
+def read_image(path: PathLike, *, apply_exif: bool = True,
+               max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as stored: uint8 or uint16, (H, W) gray, (H, W, 3) BGR or (H, W, 4) BGRA.
+
+    The EXIF orientation is applied unless ``apply_exif`` is false. Raises ImageReadError
+    with a one-line reason for unreadable, empty, truncated, corrupt and non-image files, and
+    ImageTooLargeError for an image of more than ``max_pixels`` pixels (0 or None: no limit),
+    found from the header before decoding whenever the header says."""
+    data = read_file(path, max_file_bytes(max_pixels))
+    return decode_image(data, apply_exif=apply_exif, max_pixels=max_pixels)
 
 
 def _short_cv_error(exc: Exception) -> str:
@@ -316,16 +435,25 @@ def format_for_path(path: PathLike) -> str:
 
 
 def _to_8bit(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint16:
-        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    return img
+    """16-bit pixels to 8 bit (rounded), a band of rows at a time: no 32-bit copy of the image."""
+    if img.dtype != np.uint16:
+        return img
+    out = np.empty(img.shape, np.uint8)
+    for y in range(0, img.shape[0], _ROWS_PER_CHUNK):
+        band = img[y:y + _ROWS_PER_CHUNK].astype(np.uint32)
+        band += 128
+        band //= 257
+        out[y:y + _ROWS_PER_CHUNK] = band
+    return out
 
 
-def encode_image(img: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:
-    """Encode an image for ``fmt`` (png/jpg/webp/tif/bmp), adapting what the format cannot hold:
-    16 bit becomes 8 bit for jpg/webp/bmp, alpha is dropped for jpg (with a warning)."""
-    if img.dtype not in (np.uint8, np.uint16):
-        raise ImageWriteError(f"cannot write {img.dtype} pixels")
+def _prepare(img: np.ndarray, fmt: str, quality: int):
+    """The pixels and OpenCV parameters to write ``img`` as ``fmt``: 16 bit becomes 8 bit for
+    jpg/webp/bmp, alpha is dropped for jpg (with a warning)."""
+    if not isinstance(img, np.ndarray) or img.dtype not in (np.uint8, np.uint16):
+        raise ImageWriteError(f"cannot write {getattr(img, 'dtype', type(img).__name__)} pixels")
+    if fmt not in _FORMAT_NAMES:
+        raise ImageWriteError(f"unknown output format {fmt!r}")
     channels = 1 if img.ndim == 2 else img.shape[2]
     params = []
     if fmt in ("jpg", "webp", "bmp") and img.dtype == np.uint16:
@@ -338,15 +466,34 @@ def encode_image(img: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:
         params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     elif fmt == "webp":
         params = [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
-    elif fmt not in ("png", "tif", "bmp"):
-        raise ImageWriteError(f"unknown output format {fmt!r}")
+    return np.ascontiguousarray(img), params
+
+
+def encode_image(img: np.ndarray, fmt: str, *, quality: int = 95) -> bytes:
+    """Encode an image for ``fmt`` (png/jpg/webp/tif/bmp) in memory, adapting what the format
+    cannot hold: 16 bit becomes 8 bit for jpg/webp/bmp, alpha is dropped for jpg (with a warning)."""
+    return _encode(*_prepare(img, fmt, quality), fmt).tobytes()
+
+
+def _encode(img: np.ndarray, params: list, fmt: str) -> np.ndarray:
     try:
-        ok, buf = cv2.imencode("." + fmt, np.ascontiguousarray(img), params)
+        ok, buf = cv2.imencode("." + fmt, img, params)
     except cv2.error as exc:
         raise ImageWriteError(f"cannot encode {fmt.upper()} ({_short_cv_error(exc)})") from None
     if not ok:
         raise ImageWriteError(f"cannot encode {fmt.upper()}")
-    return buf.tobytes()
+    return buf
+
+
+def cv2_path(path: PathLike) -> Optional[str]:
+    """``path`` as a string OpenCV can take, or None: OpenCV's Python binding crashes the
+    process on a name that is not valid UTF-8 (bytes that Python keeps as surrogates)."""
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return name
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:
@@ -367,40 +514,33 @@ def check_not_protected(dst: PathLike, protect: Iterable[PathLike] = ()) -> None
             raise ImageWriteError(f"refusing to overwrite the input file {p}")
 
 
-def atomic_write_bytes(dst: PathLike, data: bytes, *, protect: Iterable[PathLike] = ()) -> None:
-    """Write ``data`` to ``dst`` through a temporary file in the same folder and a rename."""
-    dst = Path(dst)
-    check_not_protected(dst, protect)
-    folder = dst.parent
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise ImageWriteError(f"cannot create a file in {folder} ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, dst)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise ImageWriteError(f"cannot write {dst} ({exc.strerror or exc})") from None
-        raise
-
-
 def write_image(path: PathLike, img: np.ndarray, *, fmt: Optional[str] = None, quality: int = 95,
                 protect: Iterable[PathLike] = ()) -> Path:
     """Encode ``img`` (as returned by :func:`read_image`) and write it atomically to ``path``.
 
     ``fmt`` defaults to the format of the path's extension; ``quality`` is used by JPEG and
-    WebP. Raises ImageWriteError, leaving any existing file at ``path`` untouched, and refuses
-    to replace any file in ``protect``."""
+    WebP. The encoder writes straight into the temporary file (no encoded copy in memory).
+    Raises ImageWriteError, leaving any existing file at ``path`` untouched, and refuses to
+    replace any file in ``protect``."""
     path = Path(path)
-    data = encode_image(img, fmt or format_for_path(path), quality=quality)
-    atomic_write_bytes(path, data, protect=protect)
+    fmt = fmt or format_for_path(path)
+    img, params = _prepare(img, fmt, quality)
+    check_not_protected(path, protect)
+    try:
+        with AtomicFile(path, suffix=WRITE_FORMATS[fmt]) as tmp:
+            name = cv2_path(tmp.path)
+            if name is None:  # encode in memory, write with Python
+                data = _encode(img, params, fmt)
+                with open(tmp.path, "wb") as f:
+                    f.write(memoryview(data))
+            else:
+                try:
+                    ok = cv2.imwrite(name, img, params)
+                except cv2.error as exc:
+                    raise ImageWriteError(f"cannot write {path} ({_short_cv_error(exc)})") from None
+                if not ok:
+                    raise ImageWriteError(f"cannot write {path} (the {_FORMAT_NAMES[fmt]} encoder failed; "
+                                          f"is the disk full?)")
+    except OSError as exc:
+        raise ImageWriteError(f"cannot write {path} ({exc.strerror or exc})") from None
     return path
