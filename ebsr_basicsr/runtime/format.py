@@ -21,14 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .._files import file_mode
+from .._files import atomic_write
 
 MAGIC = b"EBSRMODL"
 FORMAT_VERSION = 1
@@ -73,19 +71,9 @@ def encode_model(header: dict, tensors: dict[str, np.ndarray]) -> bytes:
 
 
 def save_model(path, header: dict, tensors: dict[str, np.ndarray]) -> int:
-    """Write a model file atomically (temporary file, then rename); returns its size."""
-    path = Path(path)
-    raw = encode_model(header, tensors)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.chmod(tmp, file_mode())  # mkstemp makes it private; a model file is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return len(raw)
+    """Write a model file atomically (the package's one convention, :func:`atomic_write`:
+    temporary file, fsync, rename); returns its size."""
+    return atomic_write(path, encode_model(header, tensors))
 
 
 def _refuse_constant(name):
