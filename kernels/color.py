@@ -7,9 +7,10 @@ two are joined back into RGB.
 
 * :func:`rgb_to_ycbcr` - float32 ``(H, W, 3)`` RGB -> ``(H, W, 1)`` Y and ``(H, W, 2)`` CbCr.
 * :func:`ycbcr_upscale_to_rgb` - the model's Y output ``(H*s, W*s, 1)`` and the LR CbCr
-  ``(H, W, 2)`` -> RGB ``(H*s, W*s, 3)``, the chroma upscaled on the fly by bicubic
-  interpolation (PyTorch's ``interpolate(mode='bicubic', align_corners=False)``, ``a = -0.75``,
-  borders clamped), without a full-size chroma map in memory.
+  ``(H, W, 2)`` -> RGB ``(H*s, W*s, 3)``, the chroma upscaled by bicubic interpolation
+  (PyTorch's ``interpolate(mode='bicubic', align_corners=False)``, ``a = -0.75``, borders
+  clamped) in two separable float32 passes: the LR rows along x, then each output row from
+  four of those, converted to RGB as it is made.
 
 Each has a NumPy reference (``*_ref``); :func:`resize_bicubic_ref` is the reference of the
 interpolation itself.
@@ -106,35 +107,44 @@ def rgb_to_ycbcr(rgb):
 
 
 @njit(cache=True, fastmath=False, parallel=True)
-def _ycbcr_upscale_to_rgb_nb(y, cbcr, s, wts, m, off, out):
+def _chroma_rows_nb(cbcr, s, wts, hc):
+    """Horizontal pass: ``hc[ch, r, ox]`` = LR row ``r`` of chroma ``ch`` upscaled along x."""
     H, W, _ = cbcr.shape
+    for r in prange(H):
+        for j in range(W):
+            for b in range(s):
+                base = j + int(np.floor((b + 0.5) / s - 0.5)) - 1
+                t0 = np.float32(0)
+                t1 = np.float32(0)
+                for k in range(4):
+                    c = min(max(base + k, 0), W - 1)
+                    t0 += wts[b, k] * cbcr[r, c, 0]
+                    t1 += wts[b, k] * cbcr[r, c, 1]
+                hc[0, r, j * s + b] = t0
+                hc[1, r, j * s + b] = t1
+
+
+@njit(cache=True, fastmath=False, parallel=True)
+def _ycbcr_upscale_to_rgb_nb(y, hc, s, wts, m, off, out):
+    """Vertical pass and the colour conversion, one output row at a time (contiguous rows,
+    so the loop over pixels vectorises)."""
+    H = hc.shape[1]
+    Wo = hc.shape[2]
     for oy in prange(H * s):
-        a = oy // s
-        py = oy - a * s
-        i0 = (oy + 0.5) / s - 0.5
-        base_y = int(np.floor(i0))
-        # the 4 LR rows this output row reads, interpolated vertically into `row`
-        row = np.zeros((W, 2), np.float64)
-        for k in range(4):
-            r = min(max(base_y - 1 + k, 0), H - 1)
-            wk = wts[py, k]
-            for x in range(W):
-                row[x, 0] += wk * cbcr[r, x, 0]
-                row[x, 1] += wk * cbcr[r, x, 1]
-        for ox in range(W * s):
-            px = ox % s
-            base_x = int(np.floor((ox + 0.5) / s - 0.5))
-            cb = 0.0
-            cr = 0.0
-            for k in range(4):
-                c = min(max(base_x - 1 + k, 0), W - 1)
-                cb += wts[px, k] * row[c, 0]
-                cr += wts[px, k] * row[c, 1]
+        py = oy % s
+        base = oy // s + int(np.floor((py + 0.5) / s - 0.5)) - 1
+        r0, r1 = min(max(base, 0), H - 1), min(max(base + 1, 0), H - 1)
+        r2, r3 = min(max(base + 2, 0), H - 1), min(max(base + 3, 0), H - 1)
+        w0, w1, w2, w3 = wts[py, 0], wts[py, 1], wts[py, 2], wts[py, 3]
+        cb0, cb1, cb2, cb3 = hc[0, r0], hc[0, r1], hc[0, r2], hc[0, r3]
+        cr0, cr1, cr2, cr3 = hc[1, r0], hc[1, r1], hc[1, r2], hc[1, r3]
+        for ox in range(Wo):
+            cb = w0 * cb0[ox] + w1 * cb1[ox] + w2 * cb2[ox] + w3 * cb3[ox] - off[1]
+            cr = w0 * cr0[ox] + w1 * cr1[ox] + w2 * cr2[ox] + w3 * cr3[ox] - off[2]
             yy = y[oy, ox, 0] - off[0]
-            cb -= off[1]
-            cr -= off[2]
-            for ch in range(3):
-                out[oy, ox, ch] = yy * m[0, ch] + cb * m[1, ch] + cr * m[2, ch]
+            out[oy, ox, 0] = yy * m[0, 0] + cb * m[1, 0] + cr * m[2, 0]
+            out[oy, ox, 1] = yy * m[0, 1] + cb * m[1, 1] + cr * m[2, 1]
+            out[oy, ox, 2] = yy * m[0, 2] + cb * m[1, 2] + cr * m[2, 2]
     return out
 
 
@@ -153,5 +163,8 @@ def ycbcr_upscale_to_rgb(y, cbcr, s, out=None):
         raise ValueError("out must be a C-contiguous float32 (%d, %d, 3) array" % (H * s, W * s))
     if H * W == 0:
         return out
-    return _ycbcr_upscale_to_rgb_nb(y, cbcr, s, bicubic_phase_weights(s).astype(np.float64),
-                                    _YCBCR2RGB, _YCBCR_OFFSET, out)
+    wts = bicubic_phase_weights(s)
+    hc = np.empty((2, H, W * s), np.float32)
+    _chroma_rows_nb(cbcr, s, wts, hc)
+    return _ycbcr_upscale_to_rgb_nb(y, hc, s, wts, _YCBCR2RGB.astype(np.float32), _YCBCR_OFFSET.astype(np.float32),
+                                    out)

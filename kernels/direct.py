@@ -5,7 +5,7 @@ An im2col GEMM spends most of its time building and reading a 9x larger matrix w
 input has few channels, and BLAS handles a GEMM with few columns poorly (and its spinning
 threads then take the core the next kernel needs). Here each output row is computed from a
 ring of three padded input rows by a register-blocked FMA tile
-(:func:`._vector.make_conv_fma_tile`, 8 pixels x 16 output channels; with 4 or fewer output
+(:func:`._vector.make_conv_fma_tile`, 16 pixels x 16 output channels; with 4 or fewer output
 channels, 4 pixels share each 16-lane vector so no lane is wasted), bands of rows in parallel.
 
 * :func:`conv3x3` - ``(H, W, C) -> (H, W, O)`` plus bias (PyTorch ``conv2d``, padding 1).
@@ -26,8 +26,8 @@ from .ops import _bilinear_axis, pixel_shuffle_ref, resize_bilinear_ref
 
 __all__ = ["conv3x3", "conv3x3_ref", "conv3x3_to_image", "conv3x3_to_image_ref"]
 
-_P, _LANES = 8, 16
-_tile = make_conv_fma_tile(_P, 1)                   # 8 pixels x 16 channels
+_P, _LANES = 8, 16  # pixel groups per tile call (16 pixels for the plain tile), lanes per vector
+_tile = make_conv_fma_tile(2 * _P, 1)                 # 16 pixels x 16 channels
 _tile_g2 = make_conv_fma_tile(_P, 1, KW=4, stride=2)  # 8 x 2 pixels x 8 channels
 _tile_g4 = make_conv_fma_tile(_P, 1, KW=6, stride=4)  # 8 x 4 pixels x 4 channels
 
@@ -93,7 +93,7 @@ def _zero_row_nb(ring, slot):
 # for each of them slower (measured 1.7x on the 64 -> 16 conv)
 @njit(cache=True, fastmath=False)
 def _row_tiles_nb(ring, wt, z, s0, W):
-    for x0 in range(0, W, _P):
+    for x0 in range(0, W, 2 * _P):
         for o0 in range(0, wt.shape[3], _LANES):
             _tile(ring, wt, z, x0, s0, x0, o0)
 
@@ -111,21 +111,23 @@ def _row_tiles_g4_nb(ring, wt, z, s0, W):
 
 
 @njit(cache=True, fastmath=False)
-def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, image, mean, ys0, ys1, yw0, yw1, xs0, xs1, xw0, xw1, out):
+def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, hb, mean, ys0, ys1, yw0, yw1, out):
     """Output rows ``h0 .. h1-1``. ``mode`` 0: ``out[h, w, o] = conv + bias``; 1: shuffled,
-    divided by the range, plus the bilinear skip of ``image``; 2: the same plus ``mean``."""
+    divided by the range, plus the bilinear skip (``hb``: the input's rows already
+    interpolated along x; ``ys*``/``yw*``: the vertical taps); 2: the same plus ``mean``."""
     H, W, C = x.shape
     opad = wt.shape[3]
     O = bias.shape[0]
     G = wt.shape[1] - 2  # pixels per vector
     per = opad if G == 1 else _LANES // G  # lanes per pixel
-    tw = _P * G  # pixels per tile call
+    tw = _P * max(G, 2)  # pixels per tile call
     tiles = (W + tw - 1) // tw
     width = tiles * tw + 2
     ring = np.zeros((6, width, C), dtype=np.float32)  # 3 padded rows, stored twice; row -1 is 0
     z = np.empty((tiles * tw, opad), dtype=np.float32)
     zf = z.reshape(-1)  # pixel j, channel o at zf[j * per + o] whatever G
     co = O // (s * s)
+    vrow = np.empty(W * s * co, dtype=np.float32)
     for r in range(max(h0 - 1, 0), min(h0 + 1, H)):
         _load_row_nb(x, r, ring, r % 3)
     for h in range(h0, h1):
@@ -145,29 +147,39 @@ def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, image, mean, ys0, ys1, yw0
                 for o in range(O):
                     out[h, j, o] = zf[j * per + o] + bias[o]
             continue
-        for a in range(s):
+        for a in range(s):  # output row h*s + a: its values in order, then the skip in one pass
             oy = h * s + a
-            y0, y1, wy0, wy1 = (ys0[oy], ys1[oy], yw0[oy], yw1[oy]) if mode == 1 else (0, 0, yw0[0], yw1[0])
             for j in range(W):
                 for b in range(s):
-                    ox = j * s + b
                     for c in range(co):
                         o = (c * s + a) * s + b
-                        v = (zf[j * per + o] + bias[o]) / img_range
-                        if mode == 1:
-                            x0_, x1_, wx0, wx1 = xs0[ox], xs1[ox], xw0[ox], xw1[ox]
-                            top = wx0 * image[y0, x0_, c] + wx1 * image[y0, x1_, c]
-                            bottom = wx0 * image[y1, x0_, c] + wx1 * image[y1, x1_, c]
-                            out[oy, ox, c] = v + (wy0 * top + wy1 * bottom)
-                        else:
-                            out[oy, ox, c] = v + mean[c]
+                        vrow[(j * s + b) * co + c] = (zf[j * per + o] + bias[o]) / img_range
+            o_row = out[oy].reshape(-1)
+            if mode == 1:
+                top, bottom = hb[ys0[oy]].reshape(-1), hb[ys1[oy]].reshape(-1)
+                wy0, wy1 = yw0[oy], yw1[oy]
+                for k in range(W * s * co):
+                    o_row[k] = vrow[k] + (wy0 * top[k] + wy1 * bottom[k])
+            else:
+                for k in range(W * s * co):
+                    o_row[k] = vrow[k] + mean[k % co]
 
 
 @njit(cache=True, fastmath=False, parallel=True)
-def _conv_nb(x, wt, bias, bands, mode, s, img_range, image, mean, ys0, ys1, yw0, yw1, xs0, xs1, xw0, xw1, out):
+def _bilinear_rows_nb(image, xs0, xs1, xw0, xw1, hb):
+    """``hb[r, ox, c]``: input row ``r`` interpolated along x (the first half of the bilinear
+    skip, in the order of :func:`resize_bilinear_ref`)."""
+    for r in prange(image.shape[0]):
+        for ox in range(hb.shape[1]):
+            x0, x1, w0, w1 = xs0[ox], xs1[ox], xw0[ox], xw1[ox]
+            for c in range(image.shape[2]):
+                hb[r, ox, c] = w0 * image[r, x0, c] + w1 * image[r, x1, c]
+
+
+@njit(cache=True, fastmath=False, parallel=True)
+def _conv_nb(x, wt, bias, bands, mode, s, img_range, hb, mean, ys0, ys1, yw0, yw1, out):
     for i in prange(bands.shape[0] - 1):
-        _band_nb(x, wt, bias, bands[i], bands[i + 1], mode, s, img_range, image, mean,
-                 ys0, ys1, yw0, yw1, xs0, xs1, xw0, xw1, out)
+        _band_nb(x, wt, bias, bands[i], bands[i + 1], mode, s, img_range, hb, mean, ys0, ys1, yw0, yw1, out)
     return out
 
 
@@ -202,9 +214,8 @@ def conv3x3(x, w, bias=None, out=None):
         out = np.empty((H, W, bias.shape[0]), np.float32)
     if H * W == 0:
         return out
-    empty = np.zeros((1, 1, 1), np.float32)
-    return _conv_nb(x, wt, bias, bands, 0, 1, np.float32(1), empty, np.zeros(1, np.float32),
-                    *_NO_AXIS, *_NO_AXIS, out)
+    return _conv_nb(x, wt, bias, bands, 0, 1, np.float32(1), np.zeros((1, 1, 1), np.float32),
+                    np.zeros(1, np.float32), *_NO_AXIS, out)
 
 
 def conv3x3_to_image(x, w, bias, s, img_range, image=None, mean=None, out=None):
@@ -223,15 +234,18 @@ def conv3x3_to_image(x, w, bias, s, img_range, image=None, mean=None, out=None):
         if image.shape != (H, W, co):
             raise ValueError("image must have shape %s, got %s" % ((H, W, co), image.shape))
         mode, mean_arr = 1, np.zeros(co, np.float32)
-        axes = _bilinear_axis(H, s) + _bilinear_axis(W, s)
+        hb = np.empty((H, W * s, co), np.float32)
+        if H * W:
+            _bilinear_rows_nb(image, *_bilinear_axis(W, s), hb)
+        axes = _bilinear_axis(H, s)
     else:
         mean_arr = np.ascontiguousarray(mean, dtype=np.float32).reshape(-1)
         if mean_arr.shape != (co,):
             raise ValueError("mean must have %d values, got %d" % (co, mean_arr.size))
-        mode, image = 2, np.zeros((1, 1, 1), np.float32)
-        axes = _NO_AXIS + _NO_AXIS
+        mode, hb = 2, np.zeros((1, 1, 1), np.float32)
+        axes = _NO_AXIS
     if out is None:
         out = np.empty((H * s, W * s, co), np.float32)
     if H * W == 0:
         return out
-    return _conv_nb(x, wt, bias, bands, mode, s, np.float32(img_range), image, mean_arr, *axes, out)
+    return _conv_nb(x, wt, bias, bands, mode, s, np.float32(img_range), hb, mean_arr, *axes, out)
