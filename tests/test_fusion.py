@@ -71,3 +71,33 @@ def test_shipped_models_are_unchanged_by_fusion(scale):
     fused, plain = Engine.load(default_model_path(scale)), Engine.load(default_model_path(scale), fuse=False)
     rgb = _photo(24, 30)
     np.testing.assert_allclose(fused.run(rgb), plain.run(rgb), rtol=0, atol=2e-5)
+
+
+def test_receptive_radius_and_exact_stripes(tmp_path):
+    """A tile-local model knows how far its output looks, and running a large image in
+    stripes with that much context gives exactly the one-pass result."""
+    path = _export(tmp_path, dict(LUMA, upscale=2))
+    engine = Engine.load(path)
+    assert engine.receptive_radius == 3 * 2 + 2  # 6 binary units, the head conv, the upsampler
+    rgb = _photo(90, 61)
+    whole = engine.run(rgb)
+    engine.stripe_bytes = 61 * engine._bytes_per_pixel * 30  # force stripes of a few rows
+    assert engine.stripe_rows(90, 61) < 90
+    np.testing.assert_array_equal(engine.run(rgb), whole)
+    assert Engine.load(default_model_path(2)).receptive_radius is None  # pools over the whole image
+
+
+def test_working_bytes_stay_bounded_by_the_stripes(tmp_path):
+    engine = Engine.load(_export(tmp_path, dict(LUMA, upscale=2)))
+    small, big = engine.working_bytes(256, 256), engine.working_bytes(8000, 2000)
+    whole_maps = engine._bytes_per_pixel * 8000 * 2000
+    assert small < big < whole_maps  # stripes, not the whole feature maps
+    assert big < 4 * 8000 * 2000 * (3 + 3 * 4 + 11) + engine.stripe_bytes + engine._bytes_per_pixel * 2000 * 40
+
+
+def test_tiled_upscale_is_exact_for_a_tile_local_model(tmp_path):
+    from ebsr_basicsr.upscale.upscaler import upscale_image
+
+    engine = Engine.load(_export(tmp_path, dict(LUMA, upscale=2)))
+    img = np.ascontiguousarray((_photo(70, 53)[:, :, ::-1] * 255).round().astype(np.uint8))
+    np.testing.assert_array_equal(upscale_image(engine, img, tile=24), upscale_image(engine, img))

@@ -57,8 +57,13 @@ class BufferPool:
         self._free.clear()
 
 
+GLOBAL = None  # the receptive radius of an op whose output depends on the whole image
+
+
 class _Op:
     pool: BufferPool | None = None
+    #: how many input pixels around an output pixel it reads (0: pixel-wise; GLOBAL: all)
+    radius: int | None = 0
 
     def __init__(self, attrs: dict, tensors: dict):
         """Prepare the op's arrays from its checked ``attrs`` and ``tensors`` (here: none)."""
@@ -112,6 +117,7 @@ class Conv2d(_Op):
         self.b = self._t(tensors, attrs["bias"])
         self.w_matrix = K.conv_weight_matrix(self.w)
         self.stride, self.padding, self.shuffle = attrs["stride"], attrs["padding"], attrs["shuffle"]
+        self.radius = self.w.shape[2] // 2 if self.stride == 1 else GLOBAL
 
     def __call__(self, x, residual=None):
         o, _, k, _ = self.w.shape
@@ -153,6 +159,11 @@ class BinaryUnit(_Op):
             if ch["mode"] == "affine":
                 ch["source"] = np.arange(self.cout) % self.cin
         self.channel = ch
+        if self.kind != "conv" or ch is not None:  # token rows, or factors pooled over the image
+            self.radius = GLOBAL if ch is not None else 0
+        else:
+            box = sp["kernel"] // 2 if sp is not None and sp["mode"] == "absmean" else 0
+            self.radius = max(self.k // 2, box)
 
     # -- input-dependent factors ----------------------------------------------------
     def _factors(self, x):
@@ -248,6 +259,7 @@ class LayerNorm(_Op):
 
 @_op("swin_block")
 class SwinBlock(_Op):
+    radius = GLOBAL  # windows, shifted windows and padding to whole windows
     def __init__(self, attrs, tensors):
         t = lambda name: self._t(tensors, name)  # noqa: E731
         self.heads, self.ws, self.shift, self.scale = attrs["heads"], attrs["window"], attrs["shift"], attrs["scale"]
@@ -286,6 +298,7 @@ class SwinBlock(_Op):
 
 @_op("pad_reflect")
 class PadReflect(_Op):
+    radius = GLOBAL  # windows, shifted windows and padding to whole windows
     def __init__(self, attrs, tensors):
         self.m = attrs["multiple"]
 
@@ -299,6 +312,7 @@ class PadReflect(_Op):
 
 @_op("crop")
 class Crop(_Op):
+    radius = GLOBAL  # windows, shifted windows and padding to whole windows
     def __init__(self, attrs, tensors):
         self.s = attrs["scale"]
 
@@ -307,7 +321,17 @@ class Crop(_Op):
 
 
 class Engine:
-    """A loaded runtime model. ``Engine.load(path)``; ``engine.upscale(bgr_uint8)``."""
+    """A loaded runtime model. ``Engine.load(path)``; ``engine.upscale(bgr_uint8)``.
+
+    Memory: when every output pixel of the model depends on a bounded neighbourhood of the
+    input (:attr:`receptive_radius` is not None), :meth:`run_native` processes a large image in
+    horizontal stripes of at most ``stripe_bytes`` of working maps each, every stripe read
+    with :attr:`receptive_radius` rows of context: the result is exactly that of one pass.
+    :meth:`working_bytes` is the peak of one :meth:`run`.
+    """
+
+    #: working maps of one stripe, in bytes
+    stripe_bytes = 512 << 20
 
     def __init__(self, header: dict, tensors: dict, source: str = "model", fuse: bool = True):
         """Check ``header`` and ``tensors`` against the op schema (:class:`ModelFileError`
@@ -337,6 +361,43 @@ class Engine:
         self._release = [[name for name in dict.fromkeys(inputs)
                           if last_use[name] == i and name not in ("input", self._output)]
                          for i, (_, inputs, _) in enumerate(self._ops)]
+        self.receptive_radius = self._receptive_radius()
+        features = max([self.in_channels] + [op.w.shape[0] for op, _, _ in self._ops if hasattr(op, "w")]
+                       + [op.cout for op, _, _ in self._ops if hasattr(op, "cout")]
+                       + [op.w_bits.shape[-1] for op, _, _ in self._ops if hasattr(op, "w_bits")])
+        # float maps alive at once per input pixel: two of the feature width (an op's input and
+        # output), the upsampler's s*s outputs and its result, the input
+        self._bytes_per_pixel = 4 * (2 * features + 2 * self.scale ** 2 * self.in_channels + 2 * self.in_channels)
+
+    def _receptive_radius(self):
+        """Input pixels around an output pixel that it depends on (LR pixels; None: all)."""
+        radius = {"input": 0}
+        for op, inputs, out in self._ops:
+            before = [radius[name] for name in inputs]
+            if op.radius is GLOBAL or GLOBAL in before:
+                radius[out] = GLOBAL
+            else:
+                radius[out] = max(before) + op.radius
+        return radius[self._output]
+
+    def stripe_rows(self, height: int, width: int) -> int:
+        """Rows per stripe of :meth:`run_native` for an input of this size (``height``: one pass)."""
+        if self.receptive_radius is GLOBAL:
+            return height
+        most = max(16, self.stripe_bytes // max(1, self._bytes_per_pixel * width) - 2 * self.receptive_radius)
+        n = -(-height // most)
+        return -(-height // n)
+
+    def working_bytes(self, height: int, width: int) -> int:
+        """Peak bytes of one :meth:`run` on a ``height`` x ``width`` image, its float32 RGB input
+        and output included (the stripes, and for a luma model its YCbCr planes)."""
+        rows = self.stripe_rows(height, width)
+        window = min(height, rows + 2 * (self.receptive_radius or 0))
+        s2 = self.scale ** 2
+        full = 4 * height * width * (3 + 3 * s2)  # float RGB input and output
+        if self.in_channels == 1:  # Y and CbCr, the model's Y output, the chroma rows along x
+            full += 4 * height * width * (3 + s2 + 2 * self.scale)
+        return full + self._bytes_per_pixel * window * width
 
     @classmethod
     def load(cls, path, fuse: bool = True) -> "Engine":
@@ -357,11 +418,31 @@ class Engine:
         return self.run_native(image)
 
     def run_native(self, image: np.ndarray) -> np.ndarray:
-        """The graph on its own input: float32 (H, W, in_channels) → (H·s, W·s, out_channels)."""
+        """The graph on its own input: float32 (H, W, in_channels) → (H·s, W·s, out_channels),
+        in stripes when the image is large (see the class docstring)."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != self.in_channels or 0 in image.shape:
             raise ValueError(f"expected an (H, W, {self.in_channels}) image, got shape {image.shape}")
-        values = {"input": np.ascontiguousarray(image, np.float32)}
+        image = np.ascontiguousarray(image, np.float32)
+        h, w = image.shape[:2]
+        rows = self.stripe_rows(h, w)
+        if rows >= h:
+            return self._run_graph(image)
+        s, radius = self.scale, self.receptive_radius
+        window = min(h, rows + 2 * radius)  # the same size for every stripe: buffers are reused
+        out = None
+        for r0 in range(0, h, rows):
+            r1 = min(r0 + rows, h)
+            a = max(0, min(r0 - radius, h - window))
+            y = self._run_graph(image[a:a + window])
+            if out is None:
+                out = np.empty((h * s, w * s, y.shape[2]), np.float32)
+            out[r0 * s:r1 * s] = y[(r0 - a) * s:(r1 - a) * s]
+            self.pool.put(y)
+        return out
+
+    def _run_graph(self, image: np.ndarray) -> np.ndarray:
+        values = {"input": image}
         for (op, inputs, out), release in zip(self._ops, self._release):
             values[out] = op(*(values[name] for name in inputs))
             for name in release:

@@ -52,6 +52,7 @@ class BinaryStack:
         self.spatial = np.array([u.spatial is not None for u in units], bool)
         self.with_residual = with_residual
         self.n_units = len(units)
+        self.radius = len(units)
 
     def __call__(self, x, residual=None):
         out = None if self.pool is None else self.pool.get(x.shape)
@@ -116,6 +117,7 @@ class DirectConv:
     """A :class:`~.engine.Conv2d` (without residual) run by :func:`kernels.conv3x3`."""
 
     pool = None
+    radius = 1
 
     def __init__(self, conv):
         self.w, self.b = conv.w, conv.b
@@ -129,6 +131,7 @@ class ConvToImage:
     """An upsampler conv with its pixel shuffle and the following ``denormalize``."""
 
     pool = None
+    radius = 1  # the conv's, and the bilinear skip's
 
     def __init__(self, conv, denorm):
         self.w, self.b, self.s = conv.w, conv.b, conv.shuffle

@@ -230,6 +230,13 @@ def tile_count(height: int, width: int, tile: int) -> int:
     return len(_windows(height, tile, 0)) * len(_windows(width, tile, 0))
 
 
+def context_pad(engine: EngineLike, tile_pad: int) -> int:
+    """The context to read around each tile: at least the model's receptive radius when the
+    engine knows it (then tiles join exactly, as one pass would compute them)."""
+    radius = getattr(engine, "receptive_radius", None)
+    return max(int(tile_pad), radius) if isinstance(radius, int) else int(tile_pad)
+
+
 def iter_tiles(engine: EngineLike, height: int, width: int, window: Callable[[int, int, int, int], np.ndarray],
                tile: int = 0, tile_pad: int = 10):
     """Run ``engine.run`` over overlapping tiles of at most ``tile`` x ``tile`` input pixels
@@ -272,7 +279,8 @@ def upscale_image(engine: EngineLike, img: np.ndarray, *, tile: int = 0, tile_pa
     ``img``: uint8/uint16, (H, W) or (H, W, 1) gray, (H, W, 3) BGR or (H, W, 4) BGRA.
     ``tile``: tile size in input pixels (0: the whole image, or automatic tiles when the
     image would need more than ``memory_budget`` bytes, default: see :func:`default_memory_budget`;
-    MemoryBudgetError if even small tiles would). ``tile_pad``: context added around each tile.
+    MemoryBudgetError if even small tiles would). ``tile_pad``: context added around each tile (at least the engine's
+    ``receptive_radius`` when it has one, so tiles are exact).
     ``on_tile(done, total)``: called after each tile.
     """
     if not isinstance(img, np.ndarray) or img.ndim not in (2, 3) or \
@@ -289,6 +297,7 @@ def upscale_image(engine: EngineLike, img: np.ndarray, *, tile: int = 0, tile_pa
     plane = img if img.ndim == 2 else img[..., 0]
 
     budget = default_memory_budget() if memory_budget is None else memory_budget
+    tile_pad = context_pad(engine, tile_pad)
     chosen = plan_tiles(engine, h, w, channels=channels, itemsize=img.itemsize, tile=tile, tile_pad=tile_pad,
                         budget=budget)
     if chosen and not tile:
