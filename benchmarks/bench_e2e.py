@@ -27,15 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def photo(size: int) -> np.ndarray:
-    """A real photo crop (scikit-image's astronaut, tiled if needed), RGB float32 [0, 1]."""
-    from skimage import data
-
-    img = data.astronaut()
-    reps = -(-size // img.shape[0])
-    img = np.tile(img, (reps, reps, 1))[:size, :size]
-    return np.ascontiguousarray(img, np.float32) / 255.0
+from common import cpu_model, photo
 
 
 def make_model(arch: str, upsampler: str, scale: int, out: Path):
@@ -117,6 +109,7 @@ def main(argv=None):
     from ebsr_basicsr import kernels
     from ebsr_basicsr.runtime import Engine
 
+    print(f"CPU: {cpu_model()}")
     x = photo(args.size)
     xt = torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
     rows = []
@@ -155,7 +148,7 @@ def main(argv=None):
         warm = probe(Path(tmp) / f"{args.upsamplers.split(',')[0]}.ebsr", args.size, env)
 
     print()
-    print(f"| upsampler | threads | runtime ms | torch NCHW ms | speed-up | torch channels_last ms | speed-up |")
+    print("| upsampler | threads | runtime ms | torch NCHW ms | speed-up | torch channels_last ms | speed-up |")
     print("|---|---|---|---|---|---|---|")
     for up, threads, rt, nchw, cl, _ in rows:
         print(f"| {up} | {threads} | {rt:.1f} | {nchw:.1f} | {nchw / rt:.2f}x | {cl:.1f} | {cl / rt:.2f}x |")
