@@ -24,6 +24,7 @@ to ``out`` in one pass per 64 channels, and the packed bits come from the same r
 on failed store-to-load forwarding.
 """
 import math
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
@@ -120,17 +121,26 @@ def _shuffled_rows_nb(src, m0, n, pix0, Wo, mul, bias, y, ss, has_ss, cs, res, r
                         bits[oy, ox, cw] = word
 
 
+#: Everything the epilogue applies after ``mul``/``bias``, as :func:`prepare_epilogue` makes it
+#: (one argument through the jitted kernels instead of twelve): the spatial scale map and
+#: whether there is one, the channel scale, the residual and its layout (``RES_*``), the
+#: LeakyReLU slope, the PixelShuffle factor, the output map, the next layer's shift and
+#: whether to repack into ``bits``, and whether to use streaming stores.
+Epilogue = namedtuple("Epilogue", "ss has_ss cs res res_mode slope s out ns has_pack bits stream")
+
+
 @njit(cache=True, fastmath=False)
-def epilogue_rows_nb(src, m0, n, pix0, Wo, mul, bias, y,
-                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
-    """Apply the whole epilogue to the ``n`` output pixels ``pix0 .. pix0+n-1`` (raster
-    order, ``Wo`` pixels per output row) whose raw values are rows ``m0 .. m0+n-1`` of
-    ``src``; ``y`` is a float32 ``(O,)`` scratch row for the general path.
+def epilogue_rows_nb(src, m0, n, pix0, Wo, mul, bias, y, ep):
+    """Apply the whole epilogue ``ep`` (an :data:`Epilogue`) to the ``n`` output pixels
+    ``pix0 .. pix0+n-1`` (raster order, ``Wo`` pixels per output row) whose raw values are
+    rows ``m0 .. m0+n-1`` of ``src``; ``y`` is a float32 ``(O,)`` scratch row for the general
+    path.
 
     Channel order of ``src`` (and of ``mul``, ``bias``, ``cs``): if ``s > 1`` and the
     residual is not laid out before the shuffle (``res_mode != 1``), sub-pixel-major as
     produced by :func:`shuffle_grouping`, so each output sub-pixel reads contiguous
     channels; otherwise PyTorch's order ``c*s*s + i*s + j``."""
+    ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream = ep
     if s == 1 or res_mode != 1:
         _direct_rows_nb(src, m0, n, pix0, Wo, mul, bias, ss, has_ss, cs, res, res_mode != 0, slope, s, out, ns,
                         has_pack, bits, stream)
@@ -219,11 +229,10 @@ def _output_buffer(buf, shape, dtype, name, aligned=False):
 def prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slope,
                      out_shuffle, next_shift, check_map, out=None, bits_out=None):
     """Validate the epilogue options of a conv with output ``(Ho, Wo, O)`` (before the
-    shuffle) and turn them into the argument tuple ``(ss, has_ss, cs, res, res_mode, slope,
-    s, out, ns, has_pack, bits, stream)`` of :func:`epilogue_rows_nb`; also return the output
+    shuffle) and turn them into the :data:`Epilogue` of :func:`epilogue_rows_nb`; also return the output
     arrays (``out`` / ``bits_out`` if given, else new ones) and the output-channel
     permutation (or None) that the caller must apply to its weights, ``mul`` and ``bias``
-    (the channel scale in ``args`` is already permuted). Raises ValueError on a bad shape
+    (the channel scale in it is already permuted). Raises ValueError on a bad shape
     or dtype."""
     s = int(out_shuffle)
     if s != out_shuffle or s < 1:
@@ -271,5 +280,5 @@ def prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slop
     if perm is not None:
         cs = np.ascontiguousarray(cs[perm])
     stream = out.nbytes >= STREAM_BYTES
-    args = (ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
-    return args, out, (bits if has_pack else None), perm
+    ep = Epilogue(ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
+    return ep, out, (bits if has_pack else None), perm

@@ -316,7 +316,8 @@ def _conv_tile_python(P, NV, KW, stride):
             acc = np.zeros(16 * NV, np.float64)
             for ky in range(3):
                 for kx in range(KW):
-                    acc += x[iy + ky, ix + p * stride + kx, :].astype(np.float64) @ w[ky, kx, :, lanes].astype(np.float64)
+                    xs = x[iy + ky, ix + p * stride + kx, :].astype(np.float64)
+                    acc += xs @ w[ky, kx, :, lanes].astype(np.float64)
             z[m0 + p, lanes] = acc.astype(np.float32)
     return tile
 

@@ -94,8 +94,7 @@ def _correct_border_nb(dots, p, taps, iy, ix, H, W):
 
 
 @njit(cache=True, fastmath=False)
-def _conv3_row_nb(ho, x, pad_words, w, taps, K, Wo, stride, zero_pad, mul, bias, rows, dots, y,
-                  ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
+def _conv3_row_nb(ho, x, pad_words, w, taps, K, Wo, stride, zero_pad, mul, bias, rows, dots, y, ep):
     """One output row of the 3x3 conv: copy the three input rows it needs into the padded
     buffer ``rows`` (wide enough for whole tiles), run the tiles into ``dots``, correct
     the zero-padded border, then the epilogue."""
@@ -111,13 +110,11 @@ def _conv3_row_nb(ho, x, pad_words, w, taps, K, Wo, stride, zero_pad, mul, bias,
             ix = wo * stride
             if iy == 0 or iy + 1 >= H or ix == 0 or ix + 1 >= W:
                 _correct_border_nb(dots, wo, taps, iy, ix, H, W)
-    epilogue_rows_nb(dots, 0, Wo, ho * Wo, Wo, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns,
-                     has_pack, bits, stream)
+    epilogue_rows_nb(dots, 0, Wo, ho * Wo, Wo, mul, bias, y, ep)
 
 
 @njit(cache=True, fastmath=False, parallel=True)
-def _binary_conv3_nb(x, pad_words, w, taps, K, stride, zero_pad, mul, bias,
-                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
+def _binary_conv3_nb(x, pad_words, w, taps, K, stride, zero_pad, mul, bias, ep):
     H, W, CW = x.shape
     O = mul.shape[0]
     Ho = (H - 1) // stride + 1
@@ -131,13 +128,12 @@ def _binary_conv3_nb(x, pad_words, w, taps, K, stride, zero_pad, mul, bias,
         # np.int64: the parallel lowering types the loop index as unsigned, the serial
         # typing as signed; a fixed type avoids compiling the row function twice.
         _conv3_row_nb(np.int64(ho), x, pad_words, w, taps, K, Wo, stride, zero_pad, mul, bias, rows, dots, y,
-                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
-    return out
+                      ep)
+    return ep.out
 
 
 @njit(cache=True, fastmath=False)
-def _conv1_chunk_nb(begin, end, xf, w, K, Wo, mul, bias, dots, y,
-                    ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
+def _conv1_chunk_nb(begin, end, xf, w, K, Wo, mul, bias, dots, y, ep):
     """Output pixels ``begin..end-1`` (raster order) of the 1x1 conv. ``xf`` holds at least
     ``_P`` pixels, so a tile that would run past its end is shifted back; ``dots`` row
     ``n - begin + _P`` holds pixel ``n``."""
@@ -147,13 +143,11 @@ def _conv1_chunk_nb(begin, end, xf, w, K, Wo, mul, bias, dots, y,
         start = min(n0, N - _P)
         for o0 in range(0, opad, _LANES1):
             _tile1(xf, w, dots, start - begin + _P, 0, start, 1, o0, K)
-    epilogue_rows_nb(dots, _P, end - begin, begin, Wo, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s,
-                     out, ns, has_pack, bits, stream)
+    epilogue_rows_nb(dots, _P, end - begin, begin, Wo, mul, bias, y, ep)
 
 
 @njit(cache=True, fastmath=False, parallel=True)
-def _binary_conv1_nb(xf, n_pixels, w, K, Wo, mul, bias,
-                     ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
+def _binary_conv1_nb(xf, n_pixels, w, K, Wo, mul, bias, ep):
     # xf: (1, >= max(n_pixels, _P), CW) packed input pixels in output raster order.
     O = mul.shape[0]
     n_chunks = (n_pixels + _CHUNK - 1) // _CHUNK
@@ -161,9 +155,8 @@ def _binary_conv1_nb(xf, n_pixels, w, K, Wo, mul, bias,
         dots = np.empty((_CHUNK + _P, w.shape[3]), dtype=np.float32)
         y = np.empty(O, dtype=np.float32)
         begin = np.int64(ch) * _CHUNK
-        _conv1_chunk_nb(begin, min(n_pixels, begin + _CHUNK), xf, w, K, Wo, mul, bias, dots, y,
-                        ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
-    return out
+        _conv1_chunk_nb(begin, min(n_pixels, begin + _CHUNK), xf, w, K, Wo, mul, bias, dots, y, ep)
+    return ep.out
 
 
 # --------------------------------------------------------------------------- public op
@@ -233,7 +226,7 @@ def binary_conv2d(x_bits, w_packed, in_channels, kernel_size, stride=1, pad_valu
     H, W = x_bits.shape[:2]
     Ho = (H - 1) // stride + 1 if H else 0
     Wo = (W - 1) // stride + 1 if W else 0
-    args, out, bits, perm = prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slope,
+    ep, out, bits, perm = prepare_epilogue(Ho, Wo, O, spatial_scale, channel_scale, residual, neg_slope,
                                              out_shuffle, next_shift, _check_map, out, bits_out)
     if out.size == 0 or O == 0:
         return out if bits is None else (out, bits)
@@ -262,11 +255,11 @@ def binary_conv2d(x_bits, w_packed, in_channels, kernel_size, stride=1, pad_valu
         zero_pad = taps is not None
         taps = np.zeros((9, O), dtype=np.float32) if taps is None else np.ascontiguousarray(taps, dtype=np.float32)
         _binary_conv3_nb(x_bits, pad_words, w_packed, taps, K, stride, zero_pad, np.ascontiguousarray(mul),
-                         np.ascontiguousarray(bias), *args)
+                         np.ascontiguousarray(bias), ep)
     else:
         xs = x_bits if stride == 1 else np.ascontiguousarray(x_bits[::stride, ::stride])
         xf = xs.reshape(1, Ho * Wo, xs.shape[2])
         if Ho * Wo < _P:  # fewer pixels than one tile: pad with zero words
             xf = np.concatenate([xf, np.zeros((1, _P - Ho * Wo, xs.shape[2]), dtype=np.uint64)], axis=1)
-        _binary_conv1_nb(xf, Ho * Wo, w_packed, K, Wo, np.ascontiguousarray(mul), np.ascontiguousarray(bias), *args)
+        _binary_conv1_nb(xf, Ho * Wo, w_packed, K, Wo, np.ascontiguousarray(mul), np.ascontiguousarray(bias), ep)
     return out if bits is None else (out, bits)

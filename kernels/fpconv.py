@@ -81,14 +81,12 @@ def _im2col_nb(x, kh, kw, stride, pad, ho0, Wo, cols):
 
 
 @njit(cache=True, fastmath=False, parallel=True)
-def _gemm_epilogue_nb(g, ho0, Wo, mul, bias,
-                      ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
+def _gemm_epilogue_nb(g, ho0, Wo, mul, bias, ep):
     for r in prange(g.shape[0] // Wo):
         y = np.empty(g.shape[1], dtype=np.float32)
         ri = np.int64(r)  # one signature for the serial and the parallel typing
-        epilogue_rows_nb(g, ri * Wo, Wo, (ho0 + ri) * Wo, Wo, mul, bias, y,
-                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
-    return out
+        epilogue_rows_nb(g, ri * Wo, Wo, (ho0 + ri) * Wo, Wo, mul, bias, y, ep)
+    return ep.out
 
 
 @njit(cache=True, fastmath=False, inline="always")
@@ -114,7 +112,7 @@ def _kn2row_input_row_nb(x, iy, wk, z):
 
 @njit(cache=True, fastmath=False)
 def _kn2row_rows_nb(x, wk, O, kh, kw, stride, pad, ho_begin, ho_end, Wo, ring, ring_rows, acc, mul, bias, y,
-                    ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
+                    ep):
     """Output rows ``ho_begin .. ho_end-1`` of a kn2row conv. ``ring[k]`` caches the tap
     contributions of input row ``ring_rows[k]`` (the ``kh`` rows a window spans map to
     distinct slots ``iy % kh``), so each input row is multiplied once per work item."""
@@ -143,13 +141,11 @@ def _kn2row_rows_nb(x, wk, O, kh, kw, stride, pad, ho_begin, ho_end, Wo, ring, r
                     base = np.uint64((ky * kw + kx) * O)
                     for o in range(uO):
                         acc[wo, o] += z[ix, base + o]
-        epilogue_rows_nb(acc, 0, Wo, ho * Wo, Wo, mul, bias, y,
-                         ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
+        epilogue_rows_nb(acc, 0, Wo, ho * Wo, Wo, mul, bias, y, ep)
 
 
 @njit(cache=True, fastmath=False, parallel=True)
-def _kn2row_nb(x, wk, O, kh, kw, stride, pad, Ho, Wo, rows_per_item, mul, bias,
-               ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream):
+def _kn2row_nb(x, wk, O, kh, kw, stride, pad, Ho, Wo, rows_per_item, mul, bias, ep):
     W = x.shape[1]
     for item in prange((Ho + rows_per_item - 1) // rows_per_item):
         ring = np.empty((kh, W, wk.shape[1]), dtype=np.float32)
@@ -158,8 +154,8 @@ def _kn2row_nb(x, wk, O, kh, kw, stride, pad, Ho, Wo, rows_per_item, mul, bias,
         y = np.empty(O, dtype=np.float32)
         begin = np.int64(item) * rows_per_item
         _kn2row_rows_nb(x, wk, O, kh, kw, stride, pad, begin, min(Ho, begin + rows_per_item), Wo, ring, ring_rows,
-                        acc, mul, bias, y, ss, has_ss, cs, res, res_mode, slope, s, out, ns, has_pack, bits, stream)
-    return out
+                        acc, mul, bias, y, ep)
+    return ep.out
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuffle=1, residual=None,
@@ -201,7 +197,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuff
             raise ValueError("bias must have shape (%d,), got %s" % (O, bias_arr.shape))
         bias_arr = np.ascontiguousarray(bias_arr, dtype=np.float32)
     ones = np.ones(O, np.float32)
-    args, out, _, perm = prepare_epilogue(Ho, Wo, O, None, None, residual, neg_slope, out_shuffle, None,
+    ep, out, _, perm = prepare_epilogue(Ho, Wo, O, None, None, residual, neg_slope, out_shuffle, None,
                                           _check_map, out)
     w = w.astype(np.float32, copy=False)
     if perm is not None:  # PixelShuffle: output channels in sub-pixel-major order
@@ -214,7 +210,7 @@ def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuff
         wk[:, :kh * kw * O] = np.transpose(w, (1, 2, 3, 0)).reshape(C, kh * kw * O)
         # a few work items per thread; each recomputes the kh-1 input rows it shares
         rows_per_item = max(8, -(-Ho // (4 * numba.get_num_threads())))
-        _kn2row_nb(x, wk, O, kh, kw, stride, pad, Ho, Wo, rows_per_item, ones, bias_arr, *args)
+        _kn2row_nb(x, wk, O, kh, kw, stride, pad, Ho, Wo, rows_per_item, ones, bias_arr, ep)
         return out
 
     # im2col: wm[(ky*kw + kx)*C + c, o] = w[o, c, ky, kx]
@@ -238,5 +234,5 @@ def conv2d(x, w, bias=None, *, stride=1, padding=None, neg_slope=None, out_shuff
         else:
             cols = _im2col_nb(x, kh, kw, stride, pad, ho0, Wo, band_cols[:n * Wo])
         np.dot(cols, wm, out=g)
-        _gemm_epilogue_nb(g, ho0, Wo, ones, bias_arr, *args)
+        _gemm_epilogue_nb(g, ho0, Wo, ones, bias_arr, ep)
     return out
