@@ -399,6 +399,14 @@ def load_engine(path: PathLike):
     return Engine.load(path)
 
 
+def load_engine_bytes(raw: bytes, source: str):
+    """The engine of a model file's contents ``raw``, checked as :func:`load_engine` checks a
+    file (``source`` names it in errors): for workers that cannot read the file itself."""
+    from ..runtime import Engine
+    from ..runtime.format import decode_model
+    return Engine(*decode_model(raw, source), source)
+
+
 def set_threads(n: Optional[int]) -> None:
     """Use ``n`` threads in the numba kernels and in OpenCV (None: leave the defaults).
 
