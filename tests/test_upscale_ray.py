@@ -7,18 +7,21 @@ codes; Ctrl-C and SIGTERM must stop the workers, leave no temporary file and exi
 Without Ray, ``--ray`` must say how to install it.
 """
 import logging
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ebsr_basicsr.upscale.batch import WORKER_DIED, BatchOptions, plan_batch, run_batch
 from ebsr_basicsr.upscale.imageio import write_image
 from ebsr_basicsr.weights import available_scales, default_model_path
 
 from test_imageio import photo
-from test_upscale_cli import BAD, GOOD, cli, make_inputs, run_cli, sha
+from test_upscale_cli import BAD, GOOD, StandInEngine, cli, make_inputs, run_cli, sha
 from test_upscale_interrupts import Run, assert_interrupted, batch_inputs, check_clean_and_resume, in_the_model
 
 pytestmark = pytest.mark.skipif(2 not in available_scales(), reason="no embedded x2 model")
@@ -43,8 +46,9 @@ def cluster():
     """The address of a small Ray instance started once for the module (and stopped after it)."""
     ray = pytest.importorskip("ray")
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # the workers of this process's runs import the stand-in engines below from the tests folder
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 << 20, logging_level=logging.ERROR,
-             log_to_driver=False)
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}})
     for sig, handler in handlers.items():  # ray.init sets its own SIGTERM handler
         signal.signal(sig, handler)
     try:
@@ -166,3 +170,53 @@ def test_a_signal_stops_the_workers(tmp_path, cluster, sig, group):
     run.signal(sig, group=group)
     assert_interrupted(run)
     assert check_clean_and_resume(out, files, model) == ["a_x2.png"]
+
+
+# ------------------------------------------------------------------------------------------
+# the executor in this process, with stand-in engines that break
+# ------------------------------------------------------------------------------------------
+class DiesOnTallImages(StandInEngine):
+    """Kills its worker process on an image taller than 60 pixels (as the kernel would be killed
+    for memory)."""
+
+    def run(self, x):
+        if x.shape[0] > 60:
+            os._exit(3)
+        return super().run(x)
+
+
+def dying_loader():
+    return DiesOnTallImages(2)
+
+
+def failing_loader():
+    raise ValueError("no model here")
+
+
+def run_on_cluster(files, out, loader, workers=2):
+    from ebsr_basicsr.upscale import cluster as executor
+    opts = BatchOptions(output_dir=out)
+    progress = []
+    summary = run_batch(plan_batch(files, 2, opts), options=opts, engine_loader=loader, workers=workers, threads=1,
+                        executor=executor.run_jobs, on_progress=progress.append)
+    return {r.src.name: (r.status, r.reason) for r in summary.results}, sum(progress)
+
+
+def test_a_worker_that_dies_fails_its_file_only(cluster, tmp_path):
+    names = ["a.png", "tall.png", "c.png", "d.png"]
+    for name in names:
+        write_image(tmp_path / name, photo(80 if name == "tall.png" else 40, 48))
+    out = tmp_path / "out"
+    results, progress = run_on_cluster([tmp_path / n for n in names], out, dying_loader)
+    assert results.pop("tall.png") == ("failed", WORKER_DIED)
+    assert set(results.values()) == {("done", "")} and progress == 3  # the other worker did the rest
+    assert sorted(p.name for p in out.iterdir()) == ["a_x2.png", "c_x2.png", "d_x2.png"]
+
+
+def test_a_model_no_worker_can_load_fails_each_file(cluster, tmp_path):
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / name, photo(40, 48))
+    results, progress = run_on_cluster([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "out", failing_loader)
+    reason = "cannot load the model in a worker: ValueError: no model here"
+    assert results == {"a.png": ("failed", reason), "b.png": ("failed", reason)} and progress == 0
+    assert not (tmp_path / "out").exists()
