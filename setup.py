@@ -18,6 +18,8 @@ RUNTIME = ["numpy>=1.24,<2.6", "numba>=0.59", "opencv-python>=4.7", "click>=8.1"
 # with current torchvision). Both provide the `basicsr` import package: install only one.
 TRAIN = ["torch>=2.1", "torchvision>=0.16", "basicsr-volta>=1.4.4", "lmdb>=1.4", "pyyaml>=6", "scikit-image>=0.21"]
 TEST = ["pytest>=7"]
+# `ebsr-upscale --ray`: Ray core and its client (ray://); no dashboard, no torch.
+CLUSTER = ["ray[client]>=2.9"]
 
 setup(
     name="ebsr-basicsr",
@@ -30,7 +32,7 @@ setup(
     package_dir={"ebsr_basicsr.kernels": "kernels", "ebsr_basicsr.cli": "cli"},
     package_data={"ebsr_basicsr.weights": ["*.ebsr"]},
     install_requires=RUNTIME,
-    extras_require={"train": TRAIN, "test": TEST, "all": TRAIN + TEST},
+    extras_require={"train": TRAIN, "test": TEST, "cluster": CLUSTER, "all": TRAIN + TEST + CLUSTER},
     entry_points={
         "console_scripts": [
             "ebsr-upscale = ebsr_basicsr.cli.upscale:main",

@@ -23,6 +23,7 @@ Examples:
   ebsr-upscale clip.mp4 --frames-dir frames/    # MP4 (+ PNG frames), same fps, audio
   ebsr-upscale photos/ --model my_x3.ebsr --workers 2 --threads 1
   ebsr-upscale scan.tif --max-pixels 0 --memory-limit 16G   # a very large image
+  ebsr-upscale /shared/in -o /shared/out --ray auto   # on a Ray cluster
 
 \b
 Outputs are named OUTDIR/<name>_x<scale>.<ext>; with --ext auto an image keeps
@@ -178,9 +179,18 @@ def _fail_unexpected(exc: Exception, verbose: bool) -> None:
               help="For a video that ends before its announced frame count (truncated or damaged), keep "
                    "the frames upscaled as <name>_x<scale>.partial.mp4 (it still counts as failed).")
 @click.option("-j", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes, each with its own copy of the model.")
+              help="Worker processes (with --ray: workers on the cluster), each with its own copy of the "
+                   "model.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Threads per process for the kernels [default: all cores, shared among workers].")
+              help="Threads per process for the kernels [default: all cores, shared among workers; "
+                   "1 with --ray].")
+@click.option("--ray", "ray_address", metavar="ADDRESS", default=None,
+              help="Spread the files over the workers of a Ray cluster: 'local' (start Ray on this machine), "
+                   "'auto' (the cluster this machine is part of), ray://HOST:PORT or HOST:PORT. Each worker "
+                   "reserves --threads CPUs and loads the model once; --workers defaults to as many as the "
+                   "cluster's CPUs hold. A video is done by one worker. Inputs and outputs (and --frames-dir) "
+                   "must be paths every node reaches, e.g. on a shared filesystem; the model is sent to the "
+                   "workers. Needs Ray: pip install \"ray[client]>=2.9\".")
 @click.option("-q", "--quiet", is_flag=True, help="Only report errors (no progress bar, no summary unless "
                                                     "something failed).")
 @click.option("-v", "--verbose", is_flag=True, help="Report every file, and tracebacks of unexpected errors.")
@@ -189,7 +199,8 @@ def _fail_unexpected(exc: Exception, verbose: bool) -> None:
                    "(0: never). On a terminal a progress bar is shown instead.")
 @click.pass_context
 def main(ctx, inputs, outdir, scale, model, tile, tile_pad, max_pixels, memory_limit, suffix, ext, jpeg_quality,
-         recursive, skip_existing, frames_dir, keep_partial, workers, threads, quiet, verbose, progress_interval):
+         recursive, skip_existing, frames_dir, keep_partial, workers, threads, ray_address, quiet, verbose,
+         progress_interval):
     """Upscale images (PNG, JPEG, BMP, TIFF, WebP), folders of them, and videos.
 
     Each INPUT is a file or a folder. Images keep their bit depth, gray/colour
@@ -198,13 +209,15 @@ def main(ctx, inputs, outdir, scale, model, tile, tile_pad, max_pixels, memory_l
         raise click.UsageError("--quiet and --verbose cannot be used together")
     if suffix is not None and any(sep in suffix for sep in ("/", "\\")):
         raise click.BadParameter("must not contain a path separator", param_hint="--suffix")
+    if ray_address is not None:
+        _check_ray(ray_address)
     level = _setup_logging(quiet, verbose)
 
     from ebsr_basicsr.upscale import interrupts
     with interrupts.handle_signals():
         try:
             status = _run(ctx, inputs, outdir, scale, model, level, quiet, verbose, progress_interval, workers,
-                          threads, options=dict(suffix=suffix, ext=ext, quality=jpeg_quality, tile=tile,
+                          threads, ray_address, options=dict(suffix=suffix, ext=ext, quality=jpeg_quality, tile=tile,
                                                 tile_pad=tile_pad, recursive=recursive, skip_existing=skip_existing,
                                                 frames_dir=frames_dir, max_pixels=max_pixels,
                                                 memory_budget=memory_limit, keep_partial=keep_partial))
@@ -214,8 +227,42 @@ def main(ctx, inputs, outdir, scale, model, tile, tile_pad, max_pixels, memory_l
     sys.exit(status)
 
 
+def _check_ray(address: str) -> None:
+    """A usage error (exit 2) unless ``address`` is a Ray address and Ray can be imported."""
+    from ebsr_basicsr.upscale import cluster
+    try:
+        cluster.check_address(address)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ray") from None
+    try:
+        cluster.import_ray()
+    except cluster.RayUnavailable as exc:
+        _echo(f"error: {exc}")
+        sys.exit(2)
+
+
+def _run_batch(ctx, plan, engine, model, workers, threads, ray_address, verbose, **kwargs):
+    """``batch.run_batch`` in worker processes, or on the Ray cluster at ``ray_address``."""
+    from ebsr_basicsr.upscale import batch
+    if ray_address is None:
+        loader = functools.partial(batch.load_engine, str(model))
+        return batch.run_batch(plan, engine, engine_loader=loader, workers=workers, threads=threads, **kwargs)
+
+    import contextlib
+    from ebsr_basicsr.upscale import cluster
+    # the workers get the model's bytes: its path need not be readable on every node
+    loader = functools.partial(batch.load_engine_bytes, model.read_bytes(), str(model))
+    if ctx.get_parameter_source("workers") in (click.core.ParameterSource.DEFAULT, None):
+        workers = None  # as many as the cluster holds
+    cpus = max(os.cpu_count() or 1, workers * (threads or 1)) if workers else None
+    session = cluster.connect(ray_address, cpus=cpus, verbose=verbose) if plan.jobs else contextlib.nullcontext()
+    with session:
+        return batch.run_batch(plan, engine, engine_loader=loader, workers=workers, threads=threads,
+                               executor=cluster.run_jobs, **kwargs)
+
+
 def _run(ctx, inputs, outdir, scale, model, level, quiet, verbose, progress_interval, workers, threads,
-         options) -> int:
+         ray_address, options) -> int:
     from ebsr_basicsr.upscale import batch, interrupts
     from ebsr_basicsr.upscale.report import ProgressLog
     from ebsr_basicsr.weights import NoDefaultModel, default_model_path
@@ -300,14 +347,17 @@ def _run(ctx, inputs, outdir, scale, model, level, quiet, verbose, progress_inte
         if lvl >= level:
             _echo(_EchoHandler.PREFIX.get(lvl, "") + f"{job.src}: {msg}")
 
-    loader = functools.partial(batch.load_engine, str(model))
     try:
-        summary = batch.run_batch(plan, engine, options=options, engine_loader=loader, workers=workers,
-                                  threads=threads, on_result=on_result, on_progress=on_progress,
-                                  on_start=on_start, on_message=on_message)
+        summary = _run_batch(ctx, plan, engine, model, workers, threads, ray_address, verbose, options=options,
+                             on_result=on_result, on_progress=on_progress, on_start=on_start, on_message=on_message)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # not a per-file problem
+        from ebsr_basicsr.upscale.cluster import ClusterError
+        if isinstance(exc, ClusterError):  # the Ray cluster cannot be reached or used
+            bar.close()
+            _echo(f"error: {exc}")
+            return 1
         bar.close()
         _fail_unexpected(exc, verbose)
     finally:

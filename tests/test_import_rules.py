@@ -100,9 +100,11 @@ def test_training_never_imports_numba_or_the_kernels():
 
 
 def test_runtime_and_upscaling_never_import_torch_or_basicsr():
+    """Nor Ray, which the upscaling tier imports only when a run asks for a cluster."""
     modules = (modules_of("ebsr_basicsr.kernels") + modules_of("ebsr_basicsr.runtime")
                + modules_of("ebsr_basicsr.upscale") + ["ebsr_basicsr.cli.upscale", "ebsr_basicsr.weights"])
-    assert_rule(modules, ["torch", "basicsr"],
+    assert "ebsr_basicsr.upscale.cluster" in modules
+    assert_rule(modules, ["torch", "basicsr", "ray"],
                 extra=UPSCALE_ONE_IMAGE)
 
 

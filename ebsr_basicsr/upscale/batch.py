@@ -6,7 +6,9 @@ cannot be done (missing input, unknown type, an output that would replace an inp
 with another output) or need not be (``skip_existing``). :func:`run_batch` then processes the
 jobs, in this process or in N worker processes that each load the engine once, and never
 stops at a failed file: every file ends up in the :class:`Summary` as done, skipped or failed
-with a one-line reason.
+with a one-line reason. Another executor (:mod:`.cluster`: Ray) can run the same jobs with
+the same worker code (:func:`worker_setup`, :func:`run_worker_job`) and the same reporting
+(:class:`JobTracker`).
 
 Nothing here imports torch or basicsr; the engine comes from ``ebsr_basicsr.runtime``.
 """
@@ -397,6 +399,14 @@ def load_engine(path: PathLike):
     return Engine.load(path)
 
 
+def load_engine_bytes(raw: bytes, source: str):
+    """The engine of a model file's contents ``raw``, checked as :func:`load_engine` checks a
+    file (``source`` names it in errors): for workers that cannot read the file itself."""
+    from ..runtime import Engine
+    from ..runtime.format import decode_model
+    return Engine(*decode_model(raw, source), source)
+
+
 def set_threads(n: Optional[int]) -> None:
     """Use ``n`` threads in the numba kernels and in OpenCV (None: leave the defaults).
 
@@ -418,6 +428,77 @@ def warm_up(engine) -> None:
     engine.run(np.zeros((16, 16, 3), np.float32))
 
 
+#: reason of a job whose worker process died under it
+WORKER_DIED = "the worker process died (out of memory? try --tile or fewer --workers)"
+
+
+def worker_setup(loader: Callable[[], object], threads: Optional[int], level: int):
+    """What a worker process does once before its jobs: the package's log level, OpenCV
+    quiet, the thread count, and the engine from ``loader``. Returns ``(engine, error)``:
+    a model that cannot be loaded is an error reported for each job (see
+    :func:`run_worker_job`), not a broken worker."""
+    logging.getLogger(PKG_LOGGER).setLevel(level)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        set_threads(threads)
+        return loader(), None
+    except Exception as exc:
+        return None, f"cannot load the model in a worker: {type(exc).__name__}: {exc}"
+
+
+def run_worker_job(engine, error: Optional[str], job: Job, options: BatchOptions, protect: Iterable[PathLike],
+                   put: Callable[[tuple], None]) -> JobResult:
+    """:func:`process_job` in a worker: progress and log records go to ``put`` as
+    ``(job.index, "units", n)`` and ``(job.index, "log", (level, text))`` events, for a
+    :class:`JobTracker` on the other side."""
+    if error:
+        return JobResult(job.src, "failed", dst=job.dst, kind=job.kind, reason=error)
+    return process_job(engine, job, options, protect,
+                       on_units=lambda n: put((job.index, "units", n)),
+                       on_message=lambda level, text: put((job.index, "log", (level, text))))
+
+
+def unexpected_result(job: Job, exc: BaseException) -> JobResult:
+    """The result of a job whose worker raised ``exc`` instead of returning (a bug)."""
+    return JobResult(job.src, "failed", dst=job.dst, kind=job.kind,
+                     reason=f"unexpected error: {type(exc).__name__}: {exc}",
+                     traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+
+class JobTracker:
+    """Progress and log records of jobs that run elsewhere (worker processes, a cluster),
+    passed on as they come and reconciled with each job's result when it arrives: events
+    may still be in flight then, and late ones are dropped."""
+
+    def __init__(self, jobs: Sequence[Job], progress: Callable[[int], None],
+                 message: Callable[[Job, int, str], None]):
+        self.jobs = {job.index: job for job in jobs}
+        self.progress, self.message = progress, message
+        self.done_units: dict = {}
+        self.told: dict = {}
+        self.settled: set = set()
+
+    def event(self, index: int, kind: str, value) -> None:
+        """An event of :func:`run_worker_job`."""
+        if index in self.settled:  # late event of a job already accounted for
+            return
+        if kind == "log":
+            self.told[index] = self.told.get(index, 0) + 1
+            self.message(self.jobs[index], *value)
+        else:
+            self.done_units[index] = self.done_units.get(index, 0) + value
+            self.progress(value)
+
+    def settle(self, job: Job, res: JobResult) -> None:
+        """The job is over: pass on what its events did not."""
+        missing = res.units - self.done_units.get(job.index, 0) if res.status == "done" else 0
+        self.settled.add(job.index)
+        for level, text in res.messages[self.told.get(job.index, 0):]:
+            self.message(job, level, text)
+        if missing > 0:
+            self.progress(missing)
+
+
 _WORKER: dict = {}
 
 
@@ -437,26 +518,16 @@ def _worker_init(loader, options, protect, threads, level, progress_queue):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)
-    logging.getLogger(PKG_LOGGER).setLevel(level)
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    _WORKER.update(options=options, protect=protect, queue=progress_queue, engine=None, error=None, busy=False)
-    try:
-        set_threads(threads)
-        _WORKER["engine"] = loader()
-    except Exception as exc:  # reported for each job instead of breaking the pool
-        _WORKER["error"] = f"cannot load the model in a worker: {type(exc).__name__}: {exc}"
+    engine, error = worker_setup(loader, threads, level)
+    _WORKER.update(options=options, protect=protect, queue=progress_queue, engine=engine, error=error, busy=False)
 
 
 def _worker_job(job: Job) -> JobResult:
-    if _WORKER["error"]:
-        return JobResult(job.src, "failed", dst=job.dst, kind=job.kind, reason=_WORKER["error"])
-    q = _WORKER["queue"]
     _WORKER["busy"] = True
     try:
         interrupts.check()
-        return process_job(_WORKER["engine"], job, _WORKER["options"], _WORKER["protect"],
-                           on_units=lambda n: q.put((job.index, "units", n)),
-                           on_message=lambda level, text: q.put((job.index, "log", (level, text))))
+        return run_worker_job(_WORKER["engine"], _WORKER["error"], job, _WORKER["options"], _WORKER["protect"],
+                              _WORKER["queue"].put)
     except KeyboardInterrupt:  # stopped by the parent: the job has cleaned up; nothing more to do
         os._exit(interrupts.EXIT_STATUS)
     finally:
@@ -472,12 +543,18 @@ def run_batch(plan: Plan, engine=None, *, options: BatchOptions,
               on_result: Optional[Callable[[JobResult], None]] = None,
               on_progress: Optional[Callable[[int], None]] = None,
               on_start: Optional[Callable[[Job], None]] = None,
-              on_message: Optional[Callable[[Job, int, str], None]] = None) -> Summary:
+              on_message: Optional[Callable[[Job, int, str], None]] = None,
+              executor: Optional[Callable[..., None]] = None) -> Summary:
     """Run the jobs of ``plan`` and return the summary.
 
     ``engine``: an engine already loaded in this process (used when ``workers`` is 1 and
     warmed up before workers start). ``engine_loader``: a picklable callable returning an
-    engine, required for ``workers`` > 1 (each worker calls it once). ``protect``: files never
+    engine, required for ``workers`` > 1 or an ``executor`` (each worker calls it once).
+    ``executor``: runs the jobs somewhere else than in local worker processes, called as
+    ``executor(jobs, engine_loader, options, protect, workers, threads, report, tracker)``
+    (``report(result)`` for each job, events to the :class:`JobTracker`); ``workers`` and
+    ``threads`` (None: its defaults) and the default memory budget are then its own to
+    settle (:mod:`.cluster` is one). ``protect``: files never
     to be written over (all inputs of the plan are always protected). ``on_result`` is called
     for every result (planning results first), ``on_progress(n)`` when n more images or
     frames are done, ``on_start(job)`` when a job starts (in-process runs only),
@@ -500,10 +577,19 @@ def run_batch(plan: Plan, engine=None, *, options: BatchOptions,
     for r in plan.results:
         report(r)
     jobs = plan.jobs
-    workers = max(1, min(int(workers), len(jobs)))
     progress = on_progress or (lambda n: None)
     message = on_message or (lambda job, level, text: None)
+    if executor is not None:
+        if engine_loader is None:
+            raise ValueError("run_batch with an executor needs a picklable engine_loader")
+        if jobs:
+            if engine is not None:
+                warm_up(engine)  # numba compiles (and caches) once here, for the workers on this machine
+            executor(jobs, engine_loader, options, protect, workers, threads, report,
+                     JobTracker(jobs, progress, message))
+        return Summary(results, time.perf_counter() - t0)
 
+    workers = max(1, min(int(workers), len(jobs)))
     if options.memory_budget is None:
         options = replace(options, memory_budget=default_memory_budget(workers))
 
@@ -531,7 +617,8 @@ def run_batch(plan: Plan, engine=None, *, options: BatchOptions,
         warm_up(engine)  # numba compiles (and caches) once here instead of in every worker
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    _run_parallel(jobs, engine_loader, options, protect, workers, threads, report, progress, message)
+    _run_parallel(jobs, engine_loader, options, protect, workers, threads, report,
+                  JobTracker(jobs, progress, message))
     return Summary(results, time.perf_counter() - t0)
 
 
@@ -560,28 +647,19 @@ def remove_temp_files(job: Job) -> None:
         _files.remove_temp_files(job.frames_dir)
 
 
-def _run_parallel(jobs, loader, options, protect, workers, threads, report, progress, message):
+def _run_parallel(jobs, loader, options, protect, workers, threads, report, tracker: JobTracker):
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     progress_queue = ctx.Queue()
     level = logging.getLogger(PKG_LOGGER).getEffectiveLevel()
-    done_units, told, settled = {}, {}, set()
 
     def drain():
         while True:
             try:
-                index, kind, value = progress_queue.get_nowait()
+                tracker.event(*progress_queue.get_nowait())
             except (queue_mod.Empty, EOFError, OSError):
                 return
-            if index in settled:  # late message of a job already accounted for
-                continue
-            if kind == "log":
-                told[index] = told.get(index, 0) + 1
-                message(jobs[index], *value)
-            else:
-                done_units[index] = done_units.get(index, 0) + value
-                progress(value)
 
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
                                    initargs=(loader, options, protect, threads, level, progress_queue))
@@ -604,19 +682,10 @@ def _run_parallel(jobs, loader, options, protect, workers, threads, report, prog
                     res = fut.result()
                 except BrokenProcessPool:
                     interrupts.check()
-                    res = JobResult(job.src, "failed", dst=job.dst, kind=job.kind,
-                                    reason="the worker process died (out of memory? try --tile or fewer --workers)")
+                    res = JobResult(job.src, "failed", dst=job.dst, kind=job.kind, reason=WORKER_DIED)
                 except Exception as exc:
-                    res = JobResult(job.src, "failed", dst=job.dst, kind=job.kind,
-                                    reason=f"unexpected error: {type(exc).__name__}: {exc}",
-                                    traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-                # progress and log messages may still be in flight: settle the job here
-                missing = res.units - done_units.get(job.index, 0) if res.status == "done" else 0
-                settled.add(job.index)
-                for level, text in res.messages[told.get(job.index, 0):]:
-                    message(job, level, text)
-                if missing > 0:
-                    progress(missing)
+                    res = unexpected_result(job, exc)
+                tracker.settle(job, res)  # progress and log messages may still be in flight
                 report(res)
         drain()
     except BaseException:  # interrupted: stop the workers now rather than after their jobs
