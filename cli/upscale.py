@@ -21,6 +21,7 @@ Examples:
   ebsr-upscale scans/ --ext png --skip-existing # resume an interrupted batch
   ebsr-upscale huge.tif --tile 256              # bounded memory for big images
   ebsr-upscale clip.mp4 --frames-dir frames/    # MP4 (+ PNG frames), same fps, audio
+  ebsr-upscale scan.png --model bicubic          # the model for antialiased downscales
   ebsr-upscale photos/ --model my_x3.ebsr --workers 2 --threads 1
   ebsr-upscale scan.tif --max-pixels 0 --memory-limit 16G   # a very large image
   ebsr-upscale /shared/in -o /shared/out --ray auto   # on a Ray cluster
@@ -54,7 +55,7 @@ def _echo(message: str, *, lines: bool = False) -> None:
     """One message on stderr, above the progress bar. Control characters (from file names)
     are escaped so that it stays one line; ``lines``: a multi-line text (a traceback),
     escaped line by line."""
-    from ebsr_basicsr.upscale.report import printable
+    from ebsr_basicsr._files import printable
     text = "\n".join(printable(line) for line in message.split("\n")) if lines else printable(message)
     try:
         from tqdm import tqdm
@@ -150,13 +151,16 @@ def _fail_unexpected(exc: Exception, verbose: bool) -> None:
 @click.option("-s", "--scale", type=click.Choice(["2", "3", "4"]), default="4", show_default=True,
               help="Upscaling factor; picks the embedded model for it. With --model, the model's scale "
                    "is used, and --scale (if given) must match it.")
-@click.option("-m", "--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Runtime model file (.ebsr) to use instead of the embedded one.")
+@click.option("-m", "--model", metavar="NAME|FILE",
+              help="Embedded model to use: 'robust' (the default; JPEGs, thumbnails, video frames) or "
+                   "'bicubic' (images downscaled with antialiasing, the papers' protocol), or a runtime "
+                   "model file (.ebsr).")
 @click.option("-t", "--tile", type=click.IntRange(min=0), default=0, show_default=True,
               help="Tile size in input pixels (0: whole image, tiled automatically when it would not "
                    "fit in memory). Lower it if you run out of memory.")
 @click.option("--tile-pad", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Context pixels around each tile, so tiles join without seams.")
+              help="Context pixels around each tile (at least how far the model looks, when known), so tiles "
+                   "join without seams.")
 @click.option("--max-pixels", type=_Size(1000), default="200M", show_default=True, metavar="N",
               help="Refuse input images (and video frames) of more pixels than this, checked from the "
                    "file's header before decoding (K/M/G: thousands, millions, billions; 0: no limit).")
@@ -265,15 +269,18 @@ def _run(ctx, inputs, outdir, scale, model, level, quiet, verbose, progress_inte
          ray_address, options) -> int:
     from ebsr_basicsr.upscale import batch, interrupts
     from ebsr_basicsr.upscale.report import ProgressLog
-    from ebsr_basicsr.weights import NoDefaultModel, default_model_path
+    from ebsr_basicsr._files import printable
+    from ebsr_basicsr.weights import DEFAULT_MODEL, MODELS, NoDefaultModel, resolve_model
 
     scale = int(scale)
     scale_given = ctx.get_parameter_source("scale") not in (click.core.ParameterSource.DEFAULT, None)
-    if model is None:
-        try:
-            model = default_model_path(scale)
-        except NoDefaultModel as exc:
-            raise click.UsageError(str(exc)) from None
+    try:
+        model = resolve_model(DEFAULT_MODEL if model is None else model, scale)
+    except NoDefaultModel as exc:
+        raise click.UsageError(str(exc)) from None
+    if not model.is_file():
+        raise click.BadParameter(f"{printable(str(model))} is neither a model file nor an embedded model "
+                                 f"({', '.join(MODELS)})", param_hint="--model")
     model = model.resolve()
     engine = _load_model(model, verbose)
     model_scale = int(engine.scale)

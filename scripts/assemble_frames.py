@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from ebsr_basicsr.upscale.report import printable
+from ebsr_basicsr._files import printable
 from ebsr_basicsr.upscale.video import VideoError, assemble_frames
 
 

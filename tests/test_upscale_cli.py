@@ -783,3 +783,21 @@ def test_e2e_bad_model_file(tmp_path, inputs, model_file):
     res = run_cli(inputs / "cat.png", "-o", tmp_path / "o", "--model", bad)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert str(bad) in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_model_by_embedded_name_or_file(tmp_path):
+    """--model takes an embedded model's name (for the --scale given) or a file; anything else
+    is a usage error that names the choices."""
+    from ebsr_basicsr.weights import MODELS, available_scales, model_path
+
+    img = tmp_path / "in.png"
+    cv2.imwrite(str(img), np.full((12, 10, 3), 90, np.uint8))
+    for name in MODELS:
+        if 2 in available_scales(name):
+            res = cli([img, "-o", tmp_path / name, "--model", name, "--scale", "2", "-v"])
+            assert res.exit_code == 0, res.output
+            assert str(model_path(2, name)) in res.stderr
+            assert read_image(tmp_path / name / "in_x2.png").shape == (24, 20, 3)
+    res = cli([img, "-o", tmp_path / "x", "--model", "sharpest"])
+    assert res.exit_code == 2
+    assert "neither a model file nor an embedded model" in res.output and "robust" in res.output

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
-from .._files import printable  # noqa: F401  (re-exported: the batch's messages use it)
+from .._files import printable
 
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
