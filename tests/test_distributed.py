@@ -142,6 +142,10 @@ net(torch.rand(2, 3, 8, 8) * (rank + 1)).sum().backward()  # each rank a differe
 alphas = [torch.zeros(()) for _ in range(2)]
 dist.all_gather(alphas, quantizer.alpha.detach().clone())
 assert alphas[0] == alphas[1], alphas
+# both ranks done before Gloo is torn down: a rank that tore down while the other still held
+# the DDP reducer aborted now and then ("terminate called without an active exception")
+dist.barrier()
+del net
 dist.destroy_process_group()
 """
 
