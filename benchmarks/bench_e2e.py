@@ -117,7 +117,8 @@ def main(argv=None):
         for up in args.upsamplers.split(","):
             path = Path(tmp) / f"{up}.ebsr"
             net = make_model(args.arch, up, args.scale, path)
-            net_cl = make_model(args.arch, up, args.scale, Path(tmp) / "unused.ebsr").to(memory_format=torch.channels_last)
+            net_cl = make_model(args.arch, up, args.scale, Path(tmp) / "unused.ebsr")
+            net_cl = net_cl.to(memory_format=torch.channels_last)
             engine = Engine.load(path)
             engine.run(x[:32, :32])  # compile
             with torch.no_grad():
@@ -125,7 +126,8 @@ def main(argv=None):
                 ref64 = copy.deepcopy(net).double()(xt.double())[0].permute(1, 2, 0).numpy()
             ours = engine.run(x)
             agreement = psnr_uint8(ours, ref)
-            print(f"{args.arch} x{args.scale} {up}: mean |runtime - torch float64| = {np.abs(ours - ref64).mean():.1e}, "
+            print(f"{args.arch} x{args.scale} {up}: "
+                  f"mean |runtime - torch float64| = {np.abs(ours - ref64).mean():.1e}, "
                   f"|torch float32 - torch float64| = {np.abs(ref - ref64).mean():.1e}", flush=True)
             xt_cl = xt.contiguous(memory_format=torch.channels_last)
             for threads in (int(t) for t in args.threads.split(",")):

@@ -79,7 +79,8 @@ def test_builds_runs_and_trains(name, scale):
 @pytest.mark.parametrize("upsampler", ["fp", "binary", "light"])
 @pytest.mark.parametrize("name", NAMES)
 def test_every_upsampler(name, upsampler):
-    small = {"num_feat": 12, "num_block": 1, "num_heads": 3} if name == "SCALESSwinIR" else {"num_feat": 8, "num_block": 1}
+    small = ({"num_feat": 12, "num_block": 1, "num_heads": 3} if name == "SCALESSwinIR"
+             else {"num_feat": 8, "num_block": 1})
     for scale in (2, 3, 4):
         net = build_arch({"type": name, "upscale": scale, "upsampler": upsampler, **small})
         assert net(torch.rand(1, 3, 10, 13)).shape == (1, 3, 10 * scale, 13 * scale)

@@ -21,7 +21,8 @@ def watched():
     lmdb = basicsr.utils.file_client.LmdbBackend
     return {
         "BaseModel.model_ema": (base.model_ema, "basicsr/models/base_model.py", "BaseModel.model_ema"),
-        "BaseModel.model_to_device": (base.model_to_device, "basicsr/models/base_model.py", "BaseModel.model_to_device"),
+        "BaseModel.model_to_device": (base.model_to_device, "basicsr/models/base_model.py",
+                                      "BaseModel.model_to_device"),
         "SRModel.test": (sr.test, "basicsr/models/sr_model.py", "SRModel.test"),
         "train.load_resume_state": (basicsr.train.load_resume_state, "basicsr/train.py", "load_resume_state"),
         "train.check_resume": (basicsr.train.check_resume, "basicsr/utils/misc.py", "check_resume"),

@@ -49,7 +49,8 @@ def signs(rng, shape):
 # =========================================================================== popcount
 def test_popcount_ref_exact():
     rng = np.random.default_rng(0)
-    words = rng.integers(0, 2 ** 63, size=200, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, 200).astype(np.uint64)
+    words = (rng.integers(0, 2 ** 63, size=200, dtype=np.uint64) * np.uint64(2)
+             + rng.integers(0, 2, 200).astype(np.uint64))
     words[:3] = [0, np.uint64(0xFFFFFFFFFFFFFFFF), np.uint64(1) << np.uint64(63)]
     expected = np.array([bin(int(w)).count("1") for w in words])
     assert np.array_equal(popcount_ref(words), expected)

@@ -151,7 +151,8 @@ def test_force_yml_and_unknown_layouts(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _write(tmp_path, TRAIN)
     mine = _photos(tmp_path / "mine")
-    args = ["-opt", "opt.yml", "--force_yml", f"datasets:train:dataroot_gt={mine}", f"datasets:train:dataroot_lq={mine}",
+    args = ["-opt", "opt.yml", "--force_yml", f"datasets:train:dataroot_gt={mine}",
+            f"datasets:train:dataroot_lq={mine}",
             "datasets:val:dataroot_gt=my/val/hr", "datasets:val:dataroot_lq=~"]
     with pytest.raises(PreflightError) as err:
         check(args, "train")

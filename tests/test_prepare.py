@@ -215,8 +215,10 @@ def test_prepare_command_names_what_writes_a_folder():
     assert prepare_command("datasets/Set5/GTmod12", 4, src) == "ebsr-prepare path/to/HR --out datasets/Set5 --val"
     assert prepare_command("datasets/Set5/LRbicx3.lmdb", 4, src) == \
         "ebsr-prepare path/to/HR --out datasets/Set5 --val --lmdb"
-    assert prepare_command("my sets/S/GTmod4", 4, src) == "ebsr-prepare path/to/HR --out 'my sets/S' --scales 4 --mod 4 --val"
-    assert prepare_command("datasets/Set5/LRbicx8", 8, src) == "ebsr-prepare path/to/HR --out datasets/Set5 --scales 8 --val"
+    assert prepare_command("my sets/S/GTmod4", 4, src) == \
+        "ebsr-prepare path/to/HR --out 'my sets/S' --scales 4 --mod 4 --val"
+    assert prepare_command("datasets/Set5/LRbicx8", 8, src) == \
+        "ebsr-prepare path/to/HR --out datasets/Set5 --scales 8 --val"
     for other in ("datasets/mine", "X4_sub", "a/X4_sub", "a/b_train_LR_bicubic/X4_sub.lmdb"):
         assert prepare_command(other, 4, src) is None
 

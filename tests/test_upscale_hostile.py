@@ -335,7 +335,8 @@ def test_control_characters_in_names_keep_each_error_on_one_line(tmp_path, monke
     assert res.exit_code == 1
     lines = res.stderr.splitlines()
     errors = [ln for ln in lines if ln.startswith("error: ")]
-    assert errors == [f"error: {tmp_path}/line\\nbreak\\tand \\x1b[2Jescape.png: not an image file (unrecognised content)"]
+    assert errors == [f"error: {tmp_path}/line\\nbreak\\tand \\x1b[2Jescape.png: "
+                      "not an image file (unrecognised content)"]
     assert "\x1b" not in res.stderr and lines[-1].startswith("1 done, 0 skipped, 1 failed")
     assert (tmp_path / "out" / "new\nline_x2.png").is_file()  # the name itself is kept
 

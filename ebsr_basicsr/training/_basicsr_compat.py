@@ -98,7 +98,8 @@ def _make_load_resume_state(cpu: bool):
         import torch
 
         if opt.get("auto_resume"):
-            state_dir = opt["path"].get("training_states") or os.path.join("experiments", opt["name"], "training_states")
+            state_dir = (opt["path"].get("training_states")
+                         or os.path.join("experiments", opt["name"], "training_states"))
             path = _latest_state(state_dir)
             if path is not None:
                 opt["path"]["resume_state"] = path

@@ -419,7 +419,8 @@ def upscale_video(engine, src: PathLike, dst: PathLike, *, tile: int = 0, tile_p
                     break
                 check_pixels(frame.shape[1], frame.shape[0], max_pixels)
                 if sink.frames == 0 and not tile:  # the tiles of the first frame serve for all
-                    tile = plan_tiles(engine, frame.shape[0], frame.shape[1], channels=frame.shape[2] if frame.ndim == 3 else 1,
+                    tile = plan_tiles(engine, frame.shape[0], frame.shape[1],
+                                      channels=frame.shape[2] if frame.ndim == 3 else 1,
                                       itemsize=frame.itemsize, tile_pad=tile_pad, budget=memory_budget)
                     if tile:
                         log.info("%dx%d frames: automatic tiles of %d px, to stay within the memory budget",
