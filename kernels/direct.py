@@ -8,7 +8,8 @@ ring of three padded input rows by a register-blocked FMA tile
 (:func:`._vector.make_conv_fma_tile`, 16 pixels x 16 output channels; with 4 or fewer output
 channels, 4 pixels share each 16-lane vector so no lane is wasted), bands of rows in parallel.
 
-* :func:`conv3x3` - ``(H, W, C) -> (H, W, O)`` plus bias (PyTorch ``conv2d``, padding 1).
+* :func:`conv3x3` - ``(H, W, C) -> (H, W, O)`` plus bias (PyTorch ``conv2d``, padding 1),
+  plus a residual or with its output PixelShuffle'd.
 * :func:`conv3x3_to_image` - the upsampler's conv with its pixel shuffle and the output
   denormalisation fused: ``shuffle(conv(x) + bias) / range + skip``, where ``skip`` is the
   bilinearly upscaled input image (``image_skip``) or a constant mean per channel. Exactly
@@ -19,6 +20,7 @@ References: :func:`conv3x3_ref`, :func:`conv3x3_to_image_ref`.
 import numpy as np
 from numba import njit, prange
 
+from ._epilogue import shuffle_grouping
 from ._vector import make_conv_fma_tile
 from .bitpack import _check_map
 from .fpconv import conv2d_ref
@@ -56,9 +58,11 @@ def _tap_weights(w, G):
 
 
 # --------------------------------------------------------------------------- references
-def conv3x3_ref(x, w, bias=None):
-    """Reference: PyTorch ``conv2d(x, w, bias, padding=1)`` on an NHWC map (float64 sums)."""
-    return conv2d_ref(np.asarray(x, np.float32), np.asarray(w, np.float32), bias, padding=1)
+def conv3x3_ref(x, w, bias=None, residual=None, out_shuffle=1):
+    """Reference: PyTorch ``conv2d(x, w, bias, padding=1)`` on an NHWC map (float64 sums), plus
+    ``residual``, PixelShuffle'd by ``out_shuffle``."""
+    return conv2d_ref(np.asarray(x, np.float32), np.asarray(w, np.float32), bias, padding=1, residual=residual,
+                      out_shuffle=out_shuffle)
 
 
 def conv3x3_to_image_ref(x, w, bias, s, img_range, image=None, mean=None):
@@ -93,8 +97,8 @@ def _zero_row_nb(ring, slot):
 # for each of them slower (measured 1.7x on the 64 -> 16 conv)
 @njit(cache=True, fastmath=False)
 def _row_tiles_nb(ring, wt, z, s0, W):
-    for x0 in range(0, W, 2 * _P):
-        for o0 in range(0, wt.shape[3], _LANES):
+    for o0 in range(0, wt.shape[3], _LANES):  # one group's weights (C*9*16 floats) stay in L1 along the row
+        for x0 in range(0, W, 2 * _P):
             _tile(ring, wt, z, x0, s0, x0, o0)
 
 
@@ -112,9 +116,10 @@ def _row_tiles_g4_nb(ring, wt, z, s0, W):
 
 @njit(cache=True, fastmath=False)
 def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, hb, mean, ys0, ys1, yw0, yw1, out):
-    """Output rows ``h0 .. h1-1``. ``mode`` 0: ``out[h, w, o] = conv + bias``; 1: shuffled,
-    divided by the range, plus the bilinear skip (``hb``: the input's rows already
-    interpolated along x; ``ys*``/``yw*``: the vertical taps); 2: the same plus ``mean``."""
+    """Output rows ``h0 .. h1-1``. ``mode`` 0: ``out[h, w, o] = conv + bias``; 4: the same plus
+    the residual ``hb[h, w, o]``; 3: ``conv + bias`` pixel-shuffled; 1: shuffled, divided by the
+    range, plus the bilinear skip (``hb``: the input's rows already interpolated along x;
+    ``ys*``/``yw*``: the vertical taps); 2: shuffled, divided by the range, plus ``mean``."""
     H, W, C = x.shape
     opad = wt.shape[3]
     O = bias.shape[0]
@@ -142,27 +147,30 @@ def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, hb, mean, ys0, ys1, yw0, y
             _row_tiles_g2_nb(ring, wt, z, s0, W)
         else:
             _row_tiles_g4_nb(ring, wt, z, s0, W)
-        if mode == 0:
+        if mode == 0 or mode == 4:
             for j in range(W):
                 for o in range(O):
-                    out[h, j, o] = zf[j * per + o] + bias[o]
+                    v = zf[j * per + o] + bias[o]
+                    out[h, j, o] = v + hb[h, j, o] if mode == 4 else v
             continue
         for a in range(s):  # output row h*s + a: its values in order, then the skip in one pass
             oy = h * s + a
+            run = s * co  # output pixels j*s .. j*s+s-1 of this row: channels a*s*co .. (a+1)*s*co
             for j in range(W):
-                for b in range(s):
-                    for c in range(co):
-                        o = (c * s + a) * s + b
-                        vrow[(j * s + b) * co + c] = (zf[j * per + o] + bias[o]) / img_range
+                src = j * per + a * run
+                for k in range(run):
+                    vrow[j * run + k] = (zf[src + k] + bias[a * run + k]) / img_range
             o_row = out[oy].reshape(-1)
             if mode == 1:
                 top, bottom = hb[ys0[oy]].reshape(-1), hb[ys1[oy]].reshape(-1)
                 wy0, wy1 = yw0[oy], yw1[oy]
                 for k in range(W * s * co):
                     o_row[k] = vrow[k] + (wy0 * top[k] + wy1 * bottom[k])
-            else:
+            elif mode == 2:
                 for k in range(W * s * co):
                     o_row[k] = vrow[k] + mean[k % co]
+            else:
+                o_row[:] = vrow
 
 
 @njit(cache=True, fastmath=False, parallel=True)
@@ -184,7 +192,10 @@ def _conv_nb(x, wt, bias, bands, mode, s, img_range, hb, mean, ys0, ys1, yw0, yw
 
 
 # --------------------------------------------------------------------------- public ops
-def _prepare(x, w, bias):
+def _prepare(x, w, bias, s):
+    """Checked arrays, the tile's weights and the bands of rows. With a shuffle by ``s`` the
+    output channels are put in sub-pixel-major order (:func:`._epilogue.shuffle_grouping`), so
+    each output pixel's channels are contiguous and a row is written as contiguous runs."""
     from . import get_num_threads
 
     x = _check_map(x, "x")
@@ -195,6 +206,11 @@ def _prepare(x, w, bias):
     bias = np.zeros(O, np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
     if bias.shape != (O,):
         raise ValueError("bias must have shape (%d,), got %s" % (O, bias.shape))
+    if s < 1 or O % (s * s):
+        raise ValueError("%d output channels cannot be shuffled by %d" % (O, s))
+    perm = shuffle_grouping(O, s)
+    if perm is not None:
+        w, bias = w[perm], np.ascontiguousarray(bias[perm])
     wt = _tap_weights(w, _group(O))
     H = x.shape[0]
     n = min(H, max(1, 4 * get_num_threads())) if H else 1
@@ -205,29 +221,37 @@ def _prepare(x, w, bias):
 _NO_AXIS = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.float32), np.zeros(1, np.float32))
 
 
-def conv3x3(x, w, bias=None, out=None):
+def conv3x3(x, w, bias=None, residual=None, out_shuffle=1, out=None):
     """3x3 convolution, stride 1, zero padding 1, of a float32 ``(H, W, C)`` map with ``w``
-    ``(O, C, 3, 3)`` plus ``bias`` -> float32 ``(H, W, O)``."""
-    x, wt, bias, bands = _prepare(x, w, bias)
+    ``(O, C, 3, 3)`` plus ``bias`` (plus ``residual`` ``(H, W, O)``) -> float32 ``(H, W, O)``,
+    or PixelShuffle'd by ``out_shuffle`` (without a residual) -> ``(H*s, W*s, O/s^2)``."""
+    s = int(out_shuffle)
+    if s > 1 and residual is not None:
+        raise ValueError("a residual cannot be added to a shuffled conv output")
+    x, wt, bias, bands = _prepare(x, w, bias, s)
     H, W, _ = x.shape
+    O = bias.shape[0]
+    res = np.zeros((1, 1, 1), np.float32)
+    if residual is not None:
+        res = _check_map(residual, "residual")
+        if res.shape != (H, W, O):
+            raise ValueError("residual must have shape %s, got %s" % ((H, W, O), res.shape))
     if out is None:
-        out = np.empty((H, W, bias.shape[0]), np.float32)
+        out = np.empty((H * s, W * s, O // (s * s)), np.float32)
     if H * W == 0:
         return out
-    return _conv_nb(x, wt, bias, bands, 0, 1, np.float32(1), np.zeros((1, 1, 1), np.float32),
-                    np.zeros(1, np.float32), *_NO_AXIS, out)
+    mode = 3 if s > 1 else 4 if residual is not None else 0
+    return _conv_nb(x, wt, bias, bands, mode, s, np.float32(1), res, np.zeros(1, np.float32), *_NO_AXIS, out)
 
 
 def conv3x3_to_image(x, w, bias, s, img_range, image=None, mean=None, out=None):
     """``pixel_shuffle(conv3x3(x, w) + bias, s) / img_range + skip`` -> float32 ``(H*s, W*s, Co)``
     with ``Co = O / s^2``; ``skip`` is ``image`` (H, W, Co) upscaled bilinearly (PyTorch,
     ``align_corners=False``) or, without an image, ``mean`` (Co,)."""
-    x, wt, bias, bands = _prepare(x, w, bias)
-    H, W, _ = x.shape
     s = int(s)
+    x, wt, bias, bands = _prepare(x, w, bias, s)
+    H, W, _ = x.shape
     O = bias.shape[0]
-    if s < 1 or O % (s * s):
-        raise ValueError("%d output channels cannot be shuffled by %d" % (O, s))
     co = O // (s * s)
     if image is not None:
         image = _check_map(image, "image")

@@ -622,6 +622,7 @@ def test_abs_sum_epilogue_matches_its_reference():
 
 # =========================================================================== direct FP convs
 DIRECT_CASES = [(1, 1, 1, 64), (7, 9, 1, 64), (13, 5, 64, 16), (16, 16, 64, 4), (5, 17, 3, 48), (9, 8, 64, 64),
+                (6, 7, 64, 256),
                 (4, 20, 70, 20)]
 
 
@@ -636,6 +637,13 @@ def test_conv3x3_matches_ref(case):
     assert got.shape == (H, W, O)
     # FMA and another summation order than the float64 reference: float32 rounding of 9*C terms
     np.testing.assert_allclose(got, K.conv3x3_ref(x, w, b), rtol=1e-5, atol=1e-5)
+    res = rand_map(rng, H, W, O)
+    np.testing.assert_allclose(K.conv3x3(x, w, b, res), K.conv3x3_ref(x, w, b, res), rtol=1e-5, atol=1e-5)
+    for s in (2, 3, 4):
+        if O % (s * s) == 0:
+            got = K.conv3x3(x, w, b, out_shuffle=s)
+            assert got.shape == (H * s, W * s, O // (s * s))
+            np.testing.assert_allclose(got, K.conv3x3_ref(x, w, b, out_shuffle=s), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", subset([(7, 9, 64, 2, 1, True), (5, 6, 64, 4, 1, True), (4, 3, 64, 3, 3, True),
@@ -661,6 +669,10 @@ def test_direct_conv_validation():
         K.conv3x3(x, np.zeros((4, 8, 3, 3), np.float32), np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="cannot be shuffled"):
         K.conv3x3_to_image(x, np.zeros((6, 8, 3, 3), np.float32), None, 2, 1.0, mean=np.zeros(1, np.float32))
+    with pytest.raises(ValueError, match="residual cannot be added"):
+        K.conv3x3(x, np.zeros((4, 8, 3, 3), np.float32), None, np.zeros((4, 4, 4), np.float32), out_shuffle=2)
+    with pytest.raises(ValueError, match="residual must have shape"):
+        K.conv3x3(x, np.zeros((4, 8, 3, 3), np.float32), None, np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="image must have shape"):
         K.conv3x3_to_image(x, np.zeros((4, 8, 3, 3), np.float32), None, 2, 1.0, np.zeros((4, 4, 3), np.float32))
 

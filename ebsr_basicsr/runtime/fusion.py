@@ -10,9 +10,10 @@ run row by row with its maps in cache. A following ``add`` of the run's output a
 value (the body's global residual) is folded into it. The result equals the unit-by-unit
 execution bit for bit.
 
-:func:`fuse_fp_convs` runs the 3x3 FP convs with few channels on one side (a luma model's
-1 -> 64 head, the light upsampler) as direct convolutions (:mod:`ebsr_basicsr.kernels.direct`),
-and folds an upsampler conv's pixel shuffle and the ``denormalize`` op after it (range, and
+:func:`fuse_fp_convs` runs the 3x3 FP convs as direct convolutions
+(:mod:`ebsr_basicsr.kernels.direct`: register-blocked FMA tiles over a ring of input rows, no
+im2col matrix and no BLAS, whose spinning threads took the core the next kernel needed), and
+folds the last upsampler conv's pixel shuffle and the ``denormalize`` op after it (range, and
 the bilinear image skip or the mean) into the conv's epilogue. Same arithmetic up to the
 order of the float sums in the convolution.
 """
@@ -104,27 +105,26 @@ def fuse_binary_stacks(ops: list, output: str) -> list:
 
 # --------------------------------------------------------------------------- FP convs
 def _direct_conv(op) -> bool:
-    """A plain 3x3 stride-1 conv with few input or output channels (no residual input)."""
+    """A 3x3 stride-1 conv with "same" padding (the FP convs of every network here)."""
     from .engine import Conv2d
 
-    if not isinstance(op, Conv2d) or op.stride != 1 or op.padding != 1 or op.w.shape[2:] != (3, 3):
-        return False
-    o, c = op.w.shape[:2]
-    return c <= 4 or o <= 64
+    return isinstance(op, Conv2d) and op.stride == 1 and op.padding == 1 and op.w.shape[2:] == (3, 3)
 
 
 class DirectConv:
-    """A :class:`~.engine.Conv2d` (without residual) run by :func:`kernels.conv3x3`."""
+    """A :class:`~.engine.Conv2d` (with its residual or its pixel shuffle) run by
+    :func:`kernels.conv3x3` instead of im2col and BLAS."""
 
     pool = None
     radius = 1
 
     def __init__(self, conv):
-        self.w, self.b = conv.w, conv.b
+        self.w, self.b, self.s = conv.w, conv.b, conv.shuffle
 
-    def __call__(self, x):
-        out = None if self.pool is None else self.pool.get(x.shape[:2] + (self.w.shape[0],))
-        return K.conv3x3(x, self.w, self.b, out=out)
+    def __call__(self, x, residual=None):
+        o, s = self.w.shape[0], self.s
+        out = None if self.pool is None else self.pool.get((x.shape[0] * s, x.shape[1] * s, o // (s * s)))
+        return K.conv3x3(x, self.w, self.b, residual, s, out=out)
 
 
 class ConvToImage:
@@ -149,7 +149,7 @@ def fuse_fp_convs(ops: list, output: str) -> list:
     fused, i = [], 0
     while i < len(ops):
         op, inputs, out = ops[i]
-        if _direct_conv(op) and len(inputs) == 1:
+        if _direct_conv(op) and (len(inputs) == 1 or op.shuffle == 1):
             nxt = ops[i + 1] if i + 1 < len(ops) else None
             if (op.shuffle > 1 and nxt is not None and isinstance(nxt[0], Denormalize) and nxt[1][0] == out
                     and readers[out] == 1 and (nxt[0].skip in (None, "bilinear"))
@@ -157,10 +157,9 @@ def fuse_fp_convs(ops: list, output: str) -> list:
                 fused.append((ConvToImage(op, nxt[0]), [*inputs, *nxt[1][1:]], nxt[2]))
                 i += 2
                 continue
-            if op.shuffle == 1:
-                fused.append((DirectConv(op), inputs, out))
-                i += 1
-                continue
+            fused.append((DirectConv(op), inputs, out))
+            i += 1
+            continue
         fused.append(ops[i])
         i += 1
     return fused
