@@ -14,9 +14,11 @@ from ``count_complexity``. Results are appended to ``WORKDIR/compare.jsonl`` as 
 rerun skips variants already there) and printed as a markdown table. ``--only NAME ...``
 trains and scores (or with ``--time`` times) only the variants named.
 
-Runtime speed is measured apart (``--time``), best of a few runs of a 256x256 input on the
-threads given, because training in the background makes timings meaningless: run it when the
-machine is otherwise idle. The times are stored next to the scores.
+Runtime speed is measured apart (``--time``): best of a few runs of a 256x256 input on the
+threads given, the variants taking turns in each round. Training in the background makes
+timings meaningless, so run it when the machine is otherwise idle; where it cannot be, the
+ratios of variants timed in one run stay fairer than their times. The times are stored next
+to the scores.
 
 WORKDIR must hold ``datasets/photos`` and ``datasets/photos_val`` made by ``ebsr-prepare``
 (see the option file's header).
@@ -129,22 +131,27 @@ def evaluate(root: Path, name: str, checkpoint: Path, network: dict) -> dict:
             "ops_g": c["ops_g"], "params_k": c["params_k"]}
 
 
-def time_runtime(checkpoint: Path, network: dict, repeats: int = 5) -> float:
-    """Best-of-``repeats`` milliseconds of the exported model on a 256x256 input."""
+def time_runtimes(models: dict, repeats: int = 5) -> dict:
+    """{name: best-of-``repeats`` milliseconds} of the exported models (``{name: (checkpoint,
+    network_g)}``) on a 256x256 input. The models take turns in each round, so a change of
+    the machine's load between rounds hits them alike and their ratios stay fair."""
     import numpy as np
 
     from ebsr_basicsr.training.export import build_from_checkpoint, export_network
     from ebsr_basicsr.runtime import Engine
 
-    engine = Engine(*export_network(build_from_checkpoint(checkpoint, network), network))
+    engines = {name: Engine(*export_network(build_from_checkpoint(checkpoint, network), network))
+               for name, (checkpoint, network) in models.items()}
     x = np.random.default_rng(0).random((256, 256, 3), dtype=np.float32)
-    engine.run(x[:32, :32])
-    best = float("inf")
+    for engine in engines.values():
+        engine.run(x[:32, :32])
+    best = dict.fromkeys(engines, float("inf"))
     for _ in range(repeats):
-        t = time.perf_counter()
-        engine.run(x)
-        best = min(best, time.perf_counter() - t)
-    return best * 1000
+        for name, engine in engines.items():
+            t = time.perf_counter()
+            engine.run(x)
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {name: seconds * 1000 for name, seconds in best.items()}
 
 
 def main(argv=None):
@@ -167,11 +174,11 @@ def main(argv=None):
         from ebsr_basicsr.kernels import set_num_threads
 
         set_num_threads(args.threads)
-        for name, result in done.items():
-            if not args.only or name in args.only:
-                checkpoint = _experiment(args.root, name) / "models" / "net_g_latest.pth"
-                result["runtime_ms_256"] = time_runtime(checkpoint, result["network_g"])
-                print(f"{name}: {result['runtime_ms_256']:.0f} ms", flush=True)
+        timed = {name: (_experiment(args.root, name) / "models" / "net_g_latest.pth", result["network_g"])
+                 for name, result in done.items() if not args.only or name in args.only}
+        for name, ms in time_runtimes(timed).items():
+            done[name]["runtime_ms_256"] = ms
+            print(f"{name}: {ms:.0f} ms", flush=True)
         results_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     for name, network in VARIANTS.items():
         if args.time or (args.only and name not in args.only) or name in done:

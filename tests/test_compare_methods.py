@@ -99,3 +99,27 @@ def test_evaluate_exports_and_scores_the_model_file(tmp_path, network):
     assert result["bicubic_ssim"] == pytest.approx(np.mean([b[1] for b in bicubic]), abs=1e-9)
     assert result["psnr"] != result["bicubic_psnr"]
     assert result["params_k"] > 0 and result["ops_g"] > 0
+
+
+def test_time_measures_only_the_named_variants_and_stores_the_times(tmp_path, capsys):
+    import json
+
+    rows = []
+    for name in ("SCALES", "E2FIF"):
+        network = {"type": "SCALESNet" if name == "SCALES" else "E2FIFNet", "num_feat": 8, "num_block": 1,
+                   "upscale": 4, "upsampler": "light"}
+        models = cm._experiment(tmp_path, name) / "models"
+        models.mkdir(parents=True)
+        torch.manual_seed(0)
+        torch.save({"params": build_arch(dict(network)).state_dict()}, models / "net_g_latest.pth")
+        rows.append({"name": name, "iters": 1000, "network_g": network, "psnr": 28.0, "ssim": 0.8,
+                     "bicubic_psnr": 27.0, "bicubic_ssim": 0.7, "ops_g": 1.0, "params_k": 2.0})
+    (tmp_path / "compare.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    cm.main(["--root", str(tmp_path), "--iters", "1000", "--time", "--only", "SCALES"])
+
+    stored = {r["name"]: r for r in map(json.loads, (tmp_path / "compare.jsonl").read_text().splitlines())}
+    assert 0 < stored["SCALES"]["runtime_ms_256"] < 60_000 and "runtime_ms_256" not in stored["E2FIF"]
+    out = capsys.readouterr().out
+    assert f"| SCALES | 28.00 / 0.8000 | +1.00 | 2 | 1.00 | {stored['SCALES']['runtime_ms_256']:.0f} |" in out
+    assert "| E2FIF | 28.00 / 0.8000 | +1.00 | 2 | 1.00 | – |" in out
