@@ -192,7 +192,7 @@ def main(argv=None):
     if not done:
         return
     first = next(iter(done.values()))
-    print(f"\n| method | PSNR / SSIM (Y) | gain over bicubic | params K | OPs G | runtime 256² ms |")
+    print("\n| method | PSNR / SSIM (Y) | gain over bicubic | params K | OPs G | runtime 256² ms |")
     print("|---|---|---|---|---|---|")
     print(f"| bicubic | {first['bicubic_psnr']:.2f} / {first['bicubic_ssim']:.4f} | – | – | – | – |")
     for name in VARIANTS:

@@ -2,7 +2,6 @@
 of a trained checkpoint (the training itself is BasicSR's, tested in test_training.py)."""
 import importlib.util
 import inspect
-import sys
 from pathlib import Path
 
 import cv2
