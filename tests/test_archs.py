@@ -142,3 +142,9 @@ def test_complexity_counts_binary_layers_at_one_64th_and_one_32nd():
     c = ebsr_basicsr.count_complexity(swin, lr_hw=(8, 8))
     assert c["binary_macs"] == 64 * (12 * 36 + 12 * 12 + 12 * 24 + 24 * 12)  # qkv, proj, fc1, fc2
     assert c["fp_macs"] >= 2 * 64 * 64 * 12  # q k^T and attn v
+    # every window counts: 4 windows of 8x8 cost 4 times one (qkv and proj run on the windows
+    # batched along the first dimension), and a 12x12 input is padded to 16x16 first
+    four = ebsr_basicsr.count_complexity(swin, lr_hw=(16, 16))
+    assert four["binary_macs"] == 4 * c["binary_macs"]
+    assert four["fp_macs"] == 4 * c["fp_macs"]
+    assert ebsr_basicsr.count_complexity(swin, lr_hw=(12, 12))["binary_macs"] == four["binary_macs"]

@@ -19,7 +19,9 @@ _NORMS = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
 
 
 def _macs(module: nn.Module, inputs, output: torch.Tensor) -> int:
-    per_output = output[0].numel()  # batch of one
+    # the network runs on a batch of one, so the whole output is one image's: a transformer's
+    # attention and window-wise linear layers batch its windows along the first dimension
+    per_output = output.numel()
     if isinstance(module, nn.Conv2d):
         return per_output * (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
     if isinstance(module, nn.Linear):
