@@ -156,18 +156,20 @@ class Model:
 
     path: Path
     engine: object
+    ensemble: bool = False
 
     @property
     def scale(self) -> int:
         return int(self.engine.scale)
 
     def upscale(self, lr: np.ndarray) -> np.ndarray:
-        return self.engine.upscale(lr)
+        return self.engine.upscale(lr, self.ensemble)
 
 
-def load_models(paths: Sequence[Path]) -> Dict[str, Model]:
-    """{name: Model} for the model files, named by file stem (made unique);
-    EvalError when a file does not load."""
+def load_models(paths: Sequence[Path], ensemble: bool = False) -> Dict[str, Model]:
+    """{name: Model} for the model files, named by file stem (made unique); with ``ensemble``
+    each also as ``<name>+``, run with geometric self-ensemble. EvalError when a file does
+    not load."""
     from ebsr_basicsr.runtime import Engine, ModelFileError
 
     models = {}
@@ -181,6 +183,8 @@ def load_models(paths: Sequence[Path]) -> Dict[str, Model]:
             n += 1
             name = f"{Path(path).stem}#{n}"
         models[name] = Model(Path(path), engine)
+        if ensemble:
+            models[name + "+"] = Model(Path(path), engine, ensemble=True)
     return models
 
 
@@ -470,13 +474,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--per-image", action="store_true", help="add per-image rows to the tables")
     ap.add_argument("--ssim", action="store_true", help="print an SSIM table after each PSNR table")
     ap.add_argument("--seed", type=int, default=SEED, help="seed of the noise of noisy degradations")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="also score each model with geometric self-ensemble (as NAME+; 8x the time)")
     return ap
 
 
 def run(args: argparse.Namespace) -> dict:
     if args.model and args.scales:
         raise EvalError("--scales picks the embedded models; with --model each model is scored at its own scale")
-    models = load_models(args.model or default_model_paths(args.scales or [2, 3, 4]))
+    models = load_models(args.model or default_model_paths(args.scales or [2, 3, 4]), args.ensemble)
     paths = list_images(args.hr_dir)
     hr_paths, skipped = check_images(paths, sorted({m.scale for m in models.values()}))
     for name, reason in skipped.items():

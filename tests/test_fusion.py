@@ -101,3 +101,20 @@ def test_tiled_upscale_is_exact_for_a_tile_local_model(tmp_path):
     engine = Engine.load(_export(tmp_path, dict(LUMA, upscale=2)))
     img = np.ascontiguousarray((_photo(70, 53)[:, :, ::-1] * 255).round().astype(np.uint8))
     np.testing.assert_array_equal(upscale_image(engine, img, tile=24), upscale_image(engine, img))
+
+
+def test_self_ensemble_is_the_mean_of_the_eight_transforms(tmp_path):
+    engine = Engine.load(_export(tmp_path, dict(LUMA, upscale=2)))
+    rgb = _photo(20, 27)
+    y = np.ascontiguousarray(_photo(20, 27)[:, :, :1])
+    expected = np.zeros((40, 54, 1), np.float64)
+    for k in range(4):
+        for flip in (False, True):
+            x = np.rot90(y, k)
+            x = x[:, ::-1] if flip else x
+            out = engine.run_native(np.ascontiguousarray(x))
+            out = out[:, ::-1] if flip else out
+            expected += np.rot90(out, -k)
+    np.testing.assert_allclose(engine.run(y, ensemble=True), expected / 8, atol=1e-6)
+    assert engine.run(rgb, ensemble=True).shape == (40, 54, 3)
+    assert not np.array_equal(engine.run(rgb, ensemble=True), engine.run(rgb))

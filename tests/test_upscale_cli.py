@@ -801,3 +801,24 @@ def test_model_by_embedded_name_or_file(tmp_path):
     res = cli([img, "-o", tmp_path / "x", "--model", "sharpest"])
     assert res.exit_code == 2
     assert "neither a model file nor an embedded model" in res.output and "robust" in res.output
+
+
+def test_ensemble_flag_runs_the_self_ensemble(tmp_path):
+    from ebsr_basicsr.runtime import Engine
+    from ebsr_basicsr.weights import available_scales, model_path
+
+    name = "robust" if 2 in available_scales("robust") else "bicubic"
+    img = np.ascontiguousarray(read_image_like(tmp_path))
+    res = cli([tmp_path / "in.png", "-o", tmp_path / "out", "--model", name, "--scale", "2", "--ensemble"])
+    assert res.exit_code == 0, res.output
+    expected = Engine.load(model_path(2, name)).upscale(img, ensemble=True)
+    np.testing.assert_array_equal(read_image(tmp_path / "out" / "in_x2.png"), expected)
+
+
+def read_image_like(folder):
+    """A small real photo crop written to ``folder/in.png`` (BGR uint8), returned."""
+    from skimage import data
+
+    img = np.ascontiguousarray(data.astronaut()[100:130, 120:154, ::-1])
+    cv2.imwrite(str(folder / "in.png"), img)
+    return img

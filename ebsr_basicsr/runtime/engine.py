@@ -405,17 +405,35 @@ class Engine:
         header, tensors = load_model(path)
         return cls(header, tensors, str(Path(path)), fuse)
 
-    def run(self, image: np.ndarray) -> np.ndarray:
+    def run(self, image: np.ndarray, ensemble: bool = False) -> np.ndarray:
         """float32 (H, W, 3) RGB in [0, 1] → float32 (H·s, W·s, 3), not clipped.
 
         A luma model (one input channel) sees the image's Y (BT.601, as in training) and its
         chroma is upscaled bicubically (:mod:`ebsr_basicsr.kernels.color`); it also accepts
-        its native (H, W, 1) Y input and then returns Y."""
+        its native (H, W, 1) Y input and then returns Y.
+
+        ``ensemble``: geometric self-ensemble (EDSR's "+"): the mean of the model's outputs
+        on the 8 flips and rotations of the image, each turned back; 8 times the time for a
+        little more quality."""
         image = np.asarray(image)
         if image.ndim == 3 and image.shape[2] == 3 and self.in_channels == 1:
             y, cbcr = K.rgb_to_ycbcr(np.ascontiguousarray(image, np.float32))
-            return K.ycbcr_upscale_to_rgb(self.run_native(y), cbcr, self.scale)
-        return self.run_native(image)
+            return K.ycbcr_upscale_to_rgb(self._native(y, ensemble), cbcr, self.scale)
+        return self._native(image, ensemble)
+
+    def _native(self, image: np.ndarray, ensemble: bool) -> np.ndarray:
+        if not ensemble:
+            return self.run_native(image)
+        total = None
+        for k in range(4):
+            for flip in (False, True):
+                x = np.rot90(image, k)
+                x = x[:, ::-1] if flip else x
+                y = self.run_native(np.ascontiguousarray(x))
+                y = y[:, ::-1] if flip else y
+                y = np.rot90(y, -k)
+                total = y.copy() if total is None else np.add(total, y, out=total)
+        return np.multiply(total, np.float32(1 / 8), out=total)
 
     def run_native(self, image: np.ndarray) -> np.ndarray:
         """The graph on its own input: float32 (H, W, in_channels) → (H·s, W·s, out_channels),
@@ -451,11 +469,12 @@ class Engine:
                     self.pool.put(array)
         return values.pop(self._output)
 
-    def upscale(self, image: np.ndarray) -> np.ndarray:
-        """uint8 (H, W, 3) BGR (OpenCV's order) → uint8 (H·s, W·s, 3) BGR."""
+    def upscale(self, image: np.ndarray, ensemble: bool = False) -> np.ndarray:
+        """uint8 (H, W, 3) BGR (OpenCV's order) → uint8 (H·s, W·s, 3) BGR (``ensemble``: see
+        :meth:`run`)."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected a uint8 (H, W, 3) BGR image, got {image.dtype} {image.shape}")
         rgb = image[:, :, ::-1].astype(np.float32) / np.float32(255.0)
-        out = self.run(rgb)
+        out = self.run(rgb, ensemble)
         return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)[:, :, ::-1].copy()

@@ -53,6 +53,19 @@ EXPECTED_ERRORS = (ImageReadError, ImageWriteError, VideoError, UnsupportedImage
 # --------------------------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------------------------
+class _Ensembled:
+    """An engine whose ``run`` is its geometric self-ensemble (see ``Engine.run``)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def run(self, x):
+        return self.engine.run(x, ensemble=True)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
 @dataclass
 class BatchOptions:
     output_dir: Path = Path("results")
@@ -69,6 +82,7 @@ class BatchOptions:
     keep_partial: bool = False            # videos that fail partway: keep <name>.partial.mp4
     copy_audio: bool = True
     ffmpeg: Optional[str] = "auto"        # "auto": look up on PATH; None: never use ffmpeg
+    ensemble: bool = False                # geometric self-ensemble (8 passes per image)
 
 
 @dataclass
@@ -344,6 +358,8 @@ def process_job(engine, job: Job, options: BatchOptions, protect: Iterable[PathL
     frames_done = [0]
     try:
         interrupts.check()
+        if options.ensemble:
+            engine = _Ensembled(engine)
         if job.kind == "image":
             img = _read_image(job, engine, options)
             out = upscale_image(engine, img, tile=options.tile, tile_pad=options.tile_pad,
