@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cpu_model, photo
+from common import PEAK_RSS_SOURCE, cpu_model, photo
 
 
 def make_model(arch: str, upsampler: str, scale: int, out: Path):
@@ -68,8 +68,8 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-PROBE = r"""
-import json, resource, sys, time
+PROBE = PEAK_RSS_SOURCE + r"""
+import json, sys, time
 t0 = time.perf_counter()
 import numpy as np
 from ebsr_basicsr.runtime import Engine
@@ -81,7 +81,7 @@ t2 = time.perf_counter()
 e.run(x)
 t3 = time.perf_counter()
 print(json.dumps({"load_s": t1 - t0, "first_run_s": t2 - t1, "second_run_s": t3 - t2,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_mb": peak_rss_kb() / 1024,
                   "torch_imported": "torch" in sys.modules}))
 """
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import best_time, cpu_model, photo
+from common import PEAK_RSS_SOURCE, best_time, cpu_model, photo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,8 +71,8 @@ print(json.dumps(out))
 """
 
 # Runs in the anchors' Python: ESPCN as a command would (start-up, read, upscale, write).
-ANCHOR_PHOTO = r"""
-import resource, sys, time
+ANCHOR_PHOTO = PEAK_RSS_SOURCE + r"""
+import sys, time
 t0 = time.perf_counter()
 import cv2
 sys.path.insert(0, sys.argv[1])
@@ -83,18 +83,18 @@ sr = cv2.dnn_superres.DnnSuperResImpl_create()
 sr.readModel(str(run_anchors.HERE / pattern.format(s=int(sys.argv[2]))))
 sr.setModel(algo, int(sys.argv[2]))
 cv2.imwrite(sys.argv[4], sr.upsample(cv2.imread(sys.argv[3])))
-print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(time.perf_counter() - t0, peak_rss_kb())
 """
 
 
 # Runs ebsr-upscale in a Python that reports its own peak memory when the command ends.
-OURS_PHOTO = r"""
-import resource, sys
+OURS_PHOTO = PEAK_RSS_SOURCE + r"""
+import sys
 from ebsr_basicsr.cli.upscale import main
 try:
     main(sys.argv[1:])
 finally:
-    print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    print("peak_rss_kb", peak_rss_kb(), file=sys.stderr)
 """
 
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: the CPU they ran on, a real photo of any size, timing."""
+"""Helpers shared by the benchmarks: the CPU they ran on, a real photo of any size, timing, peak memory."""
 from __future__ import annotations
 
 import platform
@@ -38,3 +38,21 @@ def best_time(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+#: Source of ``peak_rss_kb()`` for the probe scripts the benchmarks run in other processes (some
+#: in another Python). It reads the process's own high-water mark, ``VmHWM``: on Linux
+#: ``getrusage(RUSAGE_SELF).ru_maxrss`` of a child also counts its parent's memory at fork time
+#: (kept across exec), so a probe started by a benchmark holding torch would report that too.
+PEAK_RSS_SOURCE = """
+def peak_rss_kb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+"""
