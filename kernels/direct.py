@@ -147,15 +147,27 @@ def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, hb, mean, ys0, ys1, yw0, y
             _row_tiles_g2_nb(ring, wt, z, s0, W)
         else:
             _row_tiles_g4_nb(ring, wt, z, s0, W)
-        if mode == 0 or mode == 4:
+        if mode == 0:
             for j in range(W):
                 for o in range(O):
-                    v = zf[j * per + o] + bias[o]
-                    out[h, j, o] = v + hb[h, j, o] if mode == 4 else v
+                    out[h, j, o] = zf[j * per + o] + bias[o]
+            continue
+        if mode == 4:
+            for j in range(W):
+                for o in range(O):
+                    out[h, j, o] = (zf[j * per + o] + bias[o]) + hb[h, j, o]
             continue
         for a in range(s):  # output row h*s + a: its values in order, then the skip in one pass
             oy = h * s + a
             run = s * co  # output pixels j*s .. j*s+s-1 of this row: channels a*s*co .. (a+1)*s*co
+            if mode == 3:  # a plain shuffle: straight into the output row
+                o_row = out[oy].reshape(-1)
+                for j in range(W):
+                    src = j * per + a * run
+                    dst = j * run
+                    for k in range(run):
+                        o_row[dst + k] = zf[src + k] + bias[a * run + k]
+                continue
             for j in range(W):
                 src = j * per + a * run
                 for k in range(run):
@@ -166,11 +178,9 @@ def _band_nb(x, wt, bias, h0, h1, mode, s, img_range, hb, mean, ys0, ys1, yw0, y
                 wy0, wy1 = yw0[oy], yw1[oy]
                 for k in range(W * s * co):
                     o_row[k] = vrow[k] + (wy0 * top[k] + wy1 * bottom[k])
-            elif mode == 2:
+            else:
                 for k in range(W * s * co):
                     o_row[k] = vrow[k] + mean[k % co]
-            else:
-                o_row[:] = vrow
 
 
 @njit(cache=True, fastmath=False, parallel=True)
