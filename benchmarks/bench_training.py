@@ -1,6 +1,6 @@
 """Training speed on the CPU: the ways to run one training step of a network, side by side.
 
-    python benchmarks/bench_training.py [--opt options/train/Robust/train_robust_x4.yml]
+    python benchmarks/bench_training.py [--opt options/train/Shipped/train_SCALESNet_robust_x4.yml]
         [--variants eager,channels_last,bf16,compile] [--threads 2] [--steps 20] [--rounds 3]
 
 One step is what BasicSR's ``SRModel.optimize_parameters`` does: forward, L1 loss, backward,
@@ -83,7 +83,7 @@ def batches(opt: dict, n: int, seed: int = 0):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--opt", default="options/train/Robust/train_robust_x4.yml")
+    ap.add_argument("--opt", default="options/train/Shipped/train_SCALESNet_robust_x4.yml")
     ap.add_argument("--variants", default="eager,channels_last,bf16,compile")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20, help="steps per variant per round")

@@ -239,3 +239,20 @@ def test_bad_degradation_is_a_usage_error(hr_dir, capsys):
         ev.main([str(hr_dir), "--degradations", "matlab,bicubic"])
     assert exit_info.value.code == 2
     assert "unknown downscale 'bicubic'" in capsys.readouterr().err
+
+
+def test_comparison_picture_shows_each_model_on_the_chosen_degradation(hr_dir, tmp_path):
+    """scripts/make_comparison.py: input, bicubic, one panel per --model, original, side by side."""
+    spec = importlib.util.spec_from_file_location("make_comparison", SCRIPT.parent / "make_comparison.py")
+    mc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mc)
+    out = tmp_path / "pics" / "cmp.png"
+    mc.main([str(hr_dir / "astronaut.png"), str(out), "--scale", "2", "--degradation", "cubic+jpeg75",
+             "--model", "bicubic", "--model", str(MODEL), "--crop", "4", "6", "30", "36"])
+    img = cv2.imread(str(out))
+    assert img.shape == (60, 5 * 72 + 4 * 4, 3)  # input, bicubic, two models, original
+    hr = cv2.imread(str(hr_dir / "astronaut.png"))
+    original = img[:, -72:]
+    assert np.abs(original[25:].astype(int) - hr[8 + 25:68, 12:84].astype(int)).max() == 0  # below the label
+    with pytest.raises(SystemExit, match="cannot read"):
+        mc.main([str(tmp_path / "missing.png"), str(out)])
