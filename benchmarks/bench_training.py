@@ -9,7 +9,8 @@ separately with ``--loader``). Each variant is built once and warmed up (``compi
 here), then the variants are timed in interleaved rounds so a noisy machine slows all of
 them alike; the table gives the median step time and the speed-up over ``eager``. Prints the
 CPU model. ``--check N`` also trains every variant N steps from the same weights and batches
-and prints its loss, so a variant that learns differently shows.
+and prints its loss and its PSNR on the option file's validation set (run from the folder
+holding its datasets), so a variant that learns differently shows.
 
 Variants: ``eager`` (float32, NCHW), ``channels_last``, ``bf16`` (``torch.autocast`` to
 bfloat16 on the CPU), ``compile`` (``torch.compile`` of the network), and ``+``-joined mixes
@@ -56,7 +57,7 @@ def build(opt: dict, variant: str, state: dict):
         optim.step()
         return float(loss)
 
-    return step
+    return step, net
 
 
 def batches(opt: dict, n: int, seed: int = 0):
@@ -113,7 +114,7 @@ def main(argv=None):
     steps = {}
     for v in variants:
         t0 = time.perf_counter()
-        steps[v] = build(opt, v, state)
+        steps[v] = build(opt, v, state)[0]
         for lq, gt in data[:3]:
             steps[v](lq, gt)
         print(f"{v}: built and warmed up in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -131,12 +132,34 @@ def main(argv=None):
         t = statistics.median(times[v])
         print(f"| {v} | {t * 1e3:.1f} | {base / t:.2f}x |")
     if args.check:
-        print(f"\nloss after {args.check} steps from the same weights and batches:")
+        print(f"\nafter {args.check} steps from the same weights and batches (validation: the option file's "
+              "val set, Y-PSNR):")
         for v in variants:
-            step = build(opt, v, state)
+            step, net = build(opt, v, state)
             losses = [step(lq, gt) for lq, gt in data[:args.check]]
-            print(f"  {v}: first {losses[0]:.5f}, mean of last 5 {statistics.mean(losses[-5:]):.5f}")
+            print(f"  {v}: loss first {losses[0]:.5f}, mean of last 5 {statistics.mean(losses[-5:]):.5f}, "
+                  f"validation {validation_psnr(opt, net):.3f} dB", flush=True)
     return 0
+
+
+def validation_psnr(opt: dict, net) -> float:
+    """Mean PSNR of ``net`` (float32 eval) on the option file's validation set, with its
+    ``val.metrics.psnr`` settings (the number BasicSR's validation logs)."""
+    from basicsr.data import build_dataset
+    from basicsr.metrics import calculate_psnr
+    from basicsr.utils import tensor2img
+
+    ds_opt = copy.deepcopy(opt["datasets"]["val"])
+    ds_opt.update(phase="val", scale=opt["scale"])
+    metric = opt["val"]["metrics"]["psnr"]
+    net = net.eval().to(memory_format=torch.contiguous_format)
+    scores = []
+    with torch.no_grad():
+        for item in build_dataset(ds_opt):
+            out = tensor2img(net(item["lq"][None]).float().cpu())
+            scores.append(calculate_psnr(out, tensor2img(item["gt"][None]), metric.get("crop_border", 0),
+                                         test_y_channel=metric.get("test_y_channel", False)))
+    return float(statistics.mean(scores))
 
 
 if __name__ == "__main__":
