@@ -9,7 +9,7 @@ from ebsr_basicsr.archs import build_arch  # noqa: E402
 from ebsr_basicsr.runtime import Engine  # noqa: E402
 from ebsr_basicsr.runtime.format import save_model  # noqa: E402
 from ebsr_basicsr.training.export import export_network  # noqa: E402
-from ebsr_basicsr.weights import default_model_path  # noqa: E402
+from ebsr_basicsr.weights import MODELS, model_path  # noqa: E402
 
 
 def _export(tmp_path, opt, steps=3):
@@ -65,10 +65,12 @@ def test_rgb_model_with_body_end_conv_is_fused_and_unchanged(tmp_path):
 
 
 @pytest.mark.parametrize("scale", [2, 4])
-def test_shipped_models_are_unchanged_by_fusion(scale):
-    """The channel branch pools over the whole image: its units are not fused, and the rest of
-    the graph still computes the same image."""
-    fused, plain = Engine.load(default_model_path(scale)), Engine.load(default_model_path(scale), fuse=False)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_shipped_models_are_unchanged_by_fusion(name, scale):
+    """Fused, every shipped model computes the image it computes unit by unit (the bicubic
+    models' channel branch pools over the whole image: their units are not fused, the rest is)."""
+    path = model_path(scale, name)
+    fused, plain = Engine.load(path), Engine.load(path, fuse=False)
     rgb = _photo(24, 30)
     np.testing.assert_allclose(fused.run(rgb), plain.run(rgb), rtol=0, atol=2e-5)
 
@@ -84,7 +86,8 @@ def test_receptive_radius_and_exact_stripes(tmp_path):
     engine.stripe_bytes = 61 * engine._bytes_per_pixel * 30  # force stripes of a few rows
     assert engine.stripe_rows(90, 61) < 90
     np.testing.assert_array_equal(engine.run(rgb), whole)
-    assert Engine.load(default_model_path(2)).receptive_radius is None  # pools over the whole image
+    assert Engine.load(model_path(2, "bicubic")).receptive_radius is None  # pools over the whole image
+    assert Engine.load(model_path(2, "robust")).receptive_radius == 5 * 2 + 2  # 5 blocks: tile-local
 
 
 def test_working_bytes_stay_bounded_by_the_stripes(tmp_path):

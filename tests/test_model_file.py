@@ -23,7 +23,7 @@ from ebsr_basicsr.runtime import Engine, ModelFileError
 from ebsr_basicsr.runtime import engine as engine_module
 from ebsr_basicsr.runtime.format import FORMAT_VERSION, decode_model, encode_model, load_model, save_model
 from ebsr_basicsr.runtime.ops_schema import OPS
-from ebsr_basicsr.weights import default_model_path
+from ebsr_basicsr.weights import MODELS, model_path
 
 from helpers import export_tiny_model, photo
 from model_fuzz import assemble, dump, split
@@ -76,8 +76,9 @@ def tiny_model(feat=8, scale=2):
 
 @pytest.fixture
 def good_file(tmp_path):
+    """The shipped RGB x2 model (the hostile edits below name its ops and shapes)."""
     path = tmp_path / "good.ebsr"
-    path.write_bytes(default_model_path(2).read_bytes())
+    path.write_bytes(model_path(2, "bicubic").read_bytes())
     return path
 
 
@@ -276,7 +277,7 @@ def test_cli_refuses_a_hostile_model_and_writes_nothing(tmp_path, good_file):
 
 # ------------------------------------------------------------------------------ the fuzzer
 def _fuzz_models(tmp_path) -> list:
-    models = [default_model_path(2)]
+    models = [model_path(2, name) for name in sorted(MODELS)]  # every shipped family
     tiny = tmp_path / "tiny.ebsr"
     save_model(tiny, *tiny_model())
     models.append(tiny)

@@ -22,7 +22,7 @@ MODELS = {
     "robust": "a mix of downscales (with and without antialiasing), blur, noise and JPEG",
     "bicubic": "MATLAB-bicubic downscales only (the papers' protocol)",
 }
-DEFAULT_MODEL = "bicubic"  # until the robust models are trained
+DEFAULT_MODEL = "robust"
 
 
 class NoDefaultModel(FileNotFoundError):
