@@ -48,21 +48,23 @@ def main(argv=None):
     lr = np.clip(np.rint(degradation.apply(hr.astype(np.float32) / 255, s, np.random.default_rng(0)) * 255),
                  0, 255).astype(np.uint8)
     views = {
-        f"input: {args.degradation} (x{s} nearest)": cv2.resize(lr, None, fx=s, fy=s, interpolation=cv2.INTER_NEAREST),
+        f"input: {args.degradation}": cv2.resize(lr, None, fx=s, fy=s, interpolation=cv2.INTER_NEAREST),
         "bicubic": np.clip(np.rint(imresize(lr / 255.0, s) * 255), 0, 255).astype(np.uint8),
     }
     for model in args.model or [DEFAULT_MODEL]:
-        label = f"--model {model}" if model in MODELS else Path(model).stem
+        label = f"model: {model}" if model in MODELS else Path(model).stem
         views[label] = Engine.load(resolve_model(model, s)).upscale(lr)
     y, x, h, w = args.crop
     crop = (slice(y * s, (y + h) * s), slice(x * s, (x + w) * s))
     tiles = []
     for label, img in list(views.items()) + [("original", hr)]:
         tile = np.ascontiguousarray(img[crop])
-        if label != "original" and not label.startswith("input"):
-            label += f" {_y_psnr(tile, hr[crop]):.2f} dB"
-        for color, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
-            cv2.putText(tile, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, thickness, cv2.LINE_AA)
+        lines = [label] if label == "original" or label.startswith("input") else \
+            [label, f"{_y_psnr(tile, hr[crop]):.2f} dB"]
+        for i, text in enumerate(lines):
+            for color, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+                cv2.putText(tile, text, (6, 18 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, thickness,
+                            cv2.LINE_AA)
         tiles.append(tile)
     gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
     row = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)

@@ -253,6 +253,6 @@ def test_comparison_picture_shows_each_model_on_the_chosen_degradation(hr_dir, t
     assert img.shape == (60, 5 * 72 + 4 * 4, 3)  # input, bicubic, two models, original
     hr = cv2.imread(str(hr_dir / "astronaut.png"))
     original = img[:, -72:]
-    assert np.abs(original[25:].astype(int) - hr[8 + 25:68, 12:84].astype(int)).max() == 0  # below the label
+    assert np.abs(original[45:].astype(int) - hr[8 + 45:68, 12:84].astype(int)).max() == 0  # below the labels
     with pytest.raises(SystemExit, match="cannot read"):
         mc.main([str(tmp_path / "missing.png"), str(out)])
