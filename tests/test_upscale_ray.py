@@ -18,7 +18,7 @@ import pytest
 
 from ebsr_basicsr.upscale.batch import WORKER_DIED, BatchOptions, plan_batch, run_batch
 from ebsr_basicsr.upscale.imageio import write_image
-from ebsr_basicsr.weights import available_scales, default_model_path
+from ebsr_basicsr.weights import available_scales, model_path
 
 from test_imageio import photo
 from test_upscale_cli import BAD, GOOD, StandInEngine, cli, make_inputs, run_cli, sha
@@ -162,7 +162,7 @@ def test_a_signal_stops_the_workers(tmp_path, cluster, sig, group):
     # messages come by polling)
     base = np.tile(photo(80, 80, "astronaut"), (8, 8, 1)).astype(np.uint16) * 257
     write_image(files[1], base)
-    model = default_model_path(2)
+    model = model_path(2, "bicubic")  # the slower shipped family (RGB, 8 blocks): b.png takes seconds
     out = tmp_path / "out"
     run = Run(*files, "-o", out, "-m", model, "--memory-limit", "80M", "--ray", cluster, "--workers", 1,
               "--threads", 1, session=True)
