@@ -147,6 +147,12 @@ assert alphas[0] == alphas[1], alphas
 dist.barrier()
 del net
 dist.destroy_process_group()
+# and no interpreter teardown: Gloo's threads still racing C++ static destructors at exit
+# aborted a rank now and then even after the barrier; everything checked is checked above
+import os, sys
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
 """
 
 
