@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import linecache
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -36,6 +35,8 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+
+from common import cpu_model, photo
 
 #: Swin block parts patched in ``ebsr_basicsr.runtime.engine`` (module-level functions)
 ENGINE_FUNCTIONS = {"layer_norm": "layer norm", "gelu": "GELU", "window_partition": "window partition/reverse",
@@ -167,25 +168,6 @@ def instrumented(engine, profiler: Profiler):
                 for u, unit in units.items():
                     unit.__dict__.pop("_factors", None)
                     setattr(op, u, unit)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def photo(size: int) -> np.ndarray:
-    """RGB float32 [0, 1] crop of a real photo (scikit-image's astronaut, tiled if needed)."""
-    from skimage import data
-
-    img = data.astronaut()
-    reps = -(-size // img.shape[0])
-    return np.ascontiguousarray(np.tile(img, (reps, reps, 1))[:size, :size], np.float32) / 255.0
 
 
 def profile(engine, image: np.ndarray, repeats: int) -> tuple[dict, dict, float, dict, LineTimer]:

@@ -1,6 +1,7 @@
 """benchmarks/profile_swinir.py: every part of a Swin model's run is timed once, the shares add
 up, and the engine is left as it was."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from ebsr_basicsr.runtime import Engine  # noqa: E402
 from ebsr_basicsr.runtime.engine import BinaryUnit  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_swinir.py"
+sys.path.insert(0, str(SCRIPT.parent))  # its helpers module, as when run from there
 spec = importlib.util.spec_from_file_location("profile_swinir", SCRIPT)
 ps = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ps)
