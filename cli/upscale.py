@@ -365,11 +365,10 @@ def _run(ctx, inputs, outdir, scale, model, level, quiet, verbose, progress_inte
         raise
     except Exception as exc:  # not a per-file problem
         from ebsr_basicsr.upscale.cluster import ClusterError
+        bar.close()
         if isinstance(exc, ClusterError):  # the Ray cluster cannot be reached or used
-            bar.close()
             _echo(f"error: {exc}")
             return 1
-        bar.close()
         _fail_unexpected(exc, verbose)
     finally:
         bar.close()
