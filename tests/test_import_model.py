@@ -77,3 +77,17 @@ def test_command_writes_a_checkpoint_that_loads_without_pickle(tmp_path, capsys)
     header, _ = load_model(tmp_path / "a.ebsr")
     assert export_network(fresh.eval(), dict(opt))[0]["graph"] == header["graph"]
     assert main([]) == 2 and "import_model" in capsys.readouterr().err
+
+
+def test_command_reports_unreadable_or_damaged_files_without_a_traceback(tmp_path, capsys):
+    assert main([str(tmp_path / "missing.ebsr"), str(tmp_path / "out.pth")]) == 1
+    assert "missing.ebsr: cannot read" in capsys.readouterr().err
+    (tmp_path / "junk.ebsr").write_bytes(b"not a model")
+    assert main([str(tmp_path / "junk.ebsr"), str(tmp_path / "out.pth")]) == 1
+    assert "junk.ebsr: not an ebsr-basicsr model" in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
+    opt = CASES[1]
+    export_to(tmp_path / "a.ebsr", build_arch(dict(opt)).eval(), opt)
+    assert main([str(tmp_path / "a.ebsr"), str(tmp_path / "no" / "dir" / "out.pth")]) == 1
+    assert "cannot write" in capsys.readouterr().err
+    assert main(["--help"]) == 0 and "BasicSR checkpoint" in capsys.readouterr().out

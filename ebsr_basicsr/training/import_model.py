@@ -112,18 +112,36 @@ def network_from_model(path) -> tuple[nn.Module, dict]:
 
 
 def main(argv=None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
-        return 2
+    import argparse
+
+    from .._files import atomic_write
+    from ..runtime.format import ModelFileError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ebsr_basicsr.training.import_model",
+        description="Turn a runtime model file (.ebsr) back into a BasicSR checkpoint that computes exactly "
+                    "what the file computes, to go on training it (pretrain_network_g in an option file).",
+        epilog="example: python -m ebsr_basicsr.training.import_model ebsr_basicsr/weights/bicubic_x2.ebsr "
+               "net_g.pth")
+    parser.add_argument("model", help="the .ebsr model file to read")
+    parser.add_argument("output", help="the checkpoint to write (params and params_ema, loadable with "
+                                       "torch.load(weights_only=True))")
     try:
-        net, opt = network_from_model(args[0])
-    except ModelImportError as e:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        net, opt = network_from_model(args.model)
+    except (ModelImportError, ModelFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     state = net.state_dict()
-    torch.save({"params": state, "params_ema": state}, args[1])
-    print(f"{args[1]}: {opt}")
+    try:
+        atomic_write(args.output, lambda f: torch.save({"params": state, "params_ema": state}, f))
+    except OSError as e:
+        print(f"error: {args.output}: cannot write ({e.strerror or e})", file=sys.stderr)
+        return 1
+    print(f"{args.output}: {opt}")
     return 0
 
 
