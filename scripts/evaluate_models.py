@@ -459,7 +459,8 @@ def parse_degradations(text: str) -> List[Degradation]:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("hr_dir", type=Path, help="folder of HR images")
-    ap.add_argument("--model", type=Path, nargs="+", default=None, help="runtime model files (.ebsr)")
+    ap.add_argument("--model", type=Path, nargs="+", action="extend", default=None,
+                    help="runtime model files (.ebsr); repeat the option or list several after it")
     ap.add_argument("--scales", type=parse_scales, default=None,
                     help="scales of the embedded models to score, without --model (default 2,3,4)")
     ap.add_argument("--degradations", type=parse_degradations, default=DEFAULT_DEGRADATIONS,

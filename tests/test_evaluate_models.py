@@ -256,3 +256,10 @@ def test_comparison_picture_shows_each_model_on_the_chosen_degradation(hr_dir, t
     assert np.abs(original[45:].astype(int) - hr[8 + 45:68, 12:84].astype(int)).max() == 0  # below the labels
     with pytest.raises(SystemExit, match="cannot read"):
         mc.main([str(tmp_path / "missing.png"), str(out)])
+
+
+def test_model_option_repeats_and_lists():
+    parser = ev.build_parser()
+    a, b, c = Path("a.ebsr"), Path("b.ebsr"), Path("c.ebsr")
+    assert parser.parse_args(["hr", "--model", "a.ebsr", "--model", "b.ebsr", "c.ebsr"]).model == [a, b, c]
+    assert parser.parse_args(["hr"]).model is None
