@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ebsr_basicsr.data.degradations import Degradation, DegradationError, parse_degradation
+from ebsr_basicsr.data.degradations import Degradation, DegradationError, bicubic_upscale, parse_degradation
 from ebsr_basicsr.upscale.imageio import (IMAGE_EXTENSIONS, ImageReadError, ImageWriteError, read_image,
                                           write_image)
 
@@ -122,19 +122,6 @@ def image_seed(seed: int, scale: int, degradation: str, name: str) -> np.random.
     """The generator of one LR image's noise: fixed by the seed, scale, degradation and image
     name, so adding images or degradations changes no other LR image."""
     return np.random.default_rng([seed, scale, zlib.crc32(degradation.encode()), zlib.crc32(name.encode())])
-
-
-def make_lr(hr: np.ndarray, scale: int, degradation: Degradation, rng: np.random.Generator) -> np.ndarray:
-    """uint8 LR image of the uint8 ``hr`` (sides divisible by ``scale``)."""
-    lr = degradation.apply(hr.astype(np.float32) / np.float32(255.0), scale, rng)
-    return np.clip(np.rint(lr * 255.0), 0, 255).astype(np.uint8)
-
-
-def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
-    """MATLAB-style bicubic upsampling (basicsr ``imresize``), rounded to uint8."""
-    from basicsr.utils.matlab_functions import imresize
-
-    return np.clip(np.rint(imresize(lr.astype(np.float64) / 255.0, scale) * 255.0), 0, 255).astype(np.uint8)
 
 
 def score(sr: np.ndarray, hr: np.ndarray, scale: int) -> Dict[str, float]:
@@ -298,7 +285,7 @@ def evaluate_degradation(degradation: Degradation, scale: int, hr_paths: Sequenc
     bicubic, per_model = {}, {m: {} for m in models}
     for path in hr_paths:
         hr = mod_crop(load_hr(path), scale)
-        lr = make_lr(hr, scale, degradation, image_seed(seed, scale, spec, path.stem))
+        lr = degradation.apply_uint8(hr, scale, image_seed(seed, scale, spec, path.stem))
         if not cv2.imwrite(str(lr_dir / f"{path.stem}.png"), lr):
             raise EvalError(f"cannot write a temporary LR image under {lr_dir}")
         write_lr_files(write_lr, scale, spec, path.stem, hr, lr)

@@ -33,9 +33,7 @@ def main(argv=None):
     ap.add_argument("--crop", type=int, nargs=4, metavar=("Y", "X", "H", "W"), default=(20, 40, 48, 48))
     args = ap.parse_args(argv)
 
-    from basicsr.utils.matlab_functions import imresize
-
-    from ebsr_basicsr.data.degradations import parse_degradation
+    from ebsr_basicsr.data.degradations import bicubic_upscale, parse_degradation
     from ebsr_basicsr.runtime import Engine
     from ebsr_basicsr.weights import DEFAULT_MODEL, MODELS, resolve_model
 
@@ -45,11 +43,10 @@ def main(argv=None):
         raise SystemExit(f"cannot read {args.image}")
     hr = hr[: hr.shape[0] // s * s, : hr.shape[1] // s * s]
     degradation = parse_degradation(args.degradation)
-    lr = np.clip(np.rint(degradation.apply(hr.astype(np.float32) / 255, s, np.random.default_rng(0)) * 255),
-                 0, 255).astype(np.uint8)
+    lr = degradation.apply_uint8(hr, s, np.random.default_rng(0))
     views = {
         f"input: {args.degradation}": cv2.resize(lr, None, fx=s, fy=s, interpolation=cv2.INTER_NEAREST),
-        "bicubic": np.clip(np.rint(imresize(lr / 255.0, s) * 255), 0, 255).astype(np.uint8),
+        "bicubic": bicubic_upscale(lr, s),
     }
     for model in args.model or [DEFAULT_MODEL]:
         label = f"model: {model}" if model in MODELS else Path(model).stem

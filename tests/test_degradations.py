@@ -12,8 +12,8 @@ pytest.importorskip("basicsr")
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
 
 from ebsr_basicsr.data.degradations import (  # noqa: E402
-    DOWNSCALERS, Degradation, DegradationError, DegradationMix, add_sensor_noise, downscale, gaussian_blur, jpeg,
-    parse_degradation, quantize)
+    DOWNSCALERS, Degradation, DegradationError, DegradationMix, add_sensor_noise, bicubic_upscale, downscale,
+    gaussian_blur, jpeg, parse_degradation, quantize)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,18 @@ def test_degradation_pipeline_order_and_grid(hr):
     np.testing.assert_array_equal(np.rint(noisy * 255), noisy * 255)
     with pytest.raises(DegradationError, match="random generator"):
         Degradation("cubic", noise=3.0).apply(hr, 2)
+
+
+def test_eight_bit_images_in_and_out(hr):
+    hr8 = np.rint(hr * 255).astype(np.uint8)
+    d = Degradation("cubic", noise=2.0, jpeg=80)
+    lr8 = d.apply_uint8(hr8, 2, np.random.default_rng(1))
+    assert lr8.dtype == np.uint8 and lr8.shape == (64, 64, 3)
+    lr = d.apply(hr8.astype(np.float32) / 255, 2, np.random.default_rng(1))
+    np.testing.assert_array_equal(lr8, np.rint(lr * 255))
+    up = bicubic_upscale(lr8, 2)
+    assert up.dtype == np.uint8 and up.shape == hr8.shape
+    np.testing.assert_array_equal(up, np.clip(np.rint(imresize(lr8 / 255.0, 2) * 255), 0, 255))
 
 
 @pytest.mark.parametrize("spec", ["matlab", "cubic", "area", "matlab+jpeg75", "linear+blur0.8+noise4+gray+jpeg60",

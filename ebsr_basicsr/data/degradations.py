@@ -90,6 +90,19 @@ class Degradation:
             img = jpeg(img, self.jpeg)
         return quantize(img)
 
+    def apply_uint8(self, hr: np.ndarray, scale: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """:meth:`apply` on 8-bit images: the uint8 LR image of the uint8 ``hr``."""
+        lr = self.apply(hr.astype(np.float32) / np.float32(255.0), scale, rng)
+        return np.clip(np.rint(lr * 255.0), 0, 255).astype(np.uint8)
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB-style bicubic upsampling (basicsr ``imresize``) of a uint8 image, rounded to uint8:
+    the baseline that a model's gain is measured against."""
+    from basicsr.utils.matlab_functions import imresize  # torch: imported only when used
+
+    return np.clip(np.rint(imresize(lr.astype(np.float64) / 255.0, scale) * 255.0), 0, 255).astype(np.uint8)
+
 
 def downscale(img: np.ndarray, scale: int, method: str) -> np.ndarray:
     """``img`` reduced exactly ``scale`` times (its sides must be divisible by ``scale``)."""
