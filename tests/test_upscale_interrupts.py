@@ -275,3 +275,22 @@ def test_signal_with_two_workers(tmp_path, model, sig, group):
     assert_interrupted(run)
     done = check_clean_and_resume(out, files, model)
     assert "b_x2.png" not in done
+
+
+def test_a_worker_stopped_while_loading_its_engine_leaves_after_loading():
+    """SIGTERM that reaches a worker while it loads the model (Numba loading its cache, through
+    ctypes callbacks that would print an exception raised there as a traceback) is held until
+    loading is over; then the worker exits quietly with 128 + SIGTERM."""
+    code = """if True:
+        import os, signal
+        from ebsr_basicsr.upscale import batch
+        def loader():
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(100000))  # bytecodes for the handler to run between
+            print("loaded", flush=True)
+            return object()
+        batch._worker_init(loader, None, (), 1, 30, None)
+        print("not reached", flush=True)
+    """
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (128 + signal.SIGTERM, "loaded\n", "")

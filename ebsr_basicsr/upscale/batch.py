@@ -520,8 +520,12 @@ _WORKER: dict = {}
 
 def _worker_signal(signum, frame):
     """SIGTERM in a worker: an idle worker exits at once; a busy one stops at the job's next
-    safe point, after cleaning up (see :func:`_worker_job`)."""
-    if _WORKER.get("busy"):
+    safe point, after cleaning up (see :func:`_worker_job`); one still loading its engine
+    exits once loading is over. Raising while loading would raise inside Numba's ctypes
+    callbacks (its object cache), which print the exception as a traceback and go on."""
+    if _WORKER.get("loading"):
+        _WORKER["stop"] = signum
+    elif _WORKER.get("busy"):
         interrupts.record(signum, frame)
     else:
         raise SystemExit(128 + signum)
@@ -531,11 +535,14 @@ def _worker_init(loader, options, protect, threads, level, progress_queue):
     # Ctrl-C is handled by the parent, which stops the workers with SIGTERM: no stray
     # KeyboardInterrupt tracebacks from idle workers, and busy ones unwind and clean up.
     # The parent starts workers with both signals blocked, so none is lost before this.
+    _WORKER.update(loading=True, stop=None, busy=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)
     engine, error = worker_setup(loader, threads, level)
-    _WORKER.update(options=options, protect=protect, queue=progress_queue, engine=engine, error=error, busy=False)
+    _WORKER.update(options=options, protect=protect, queue=progress_queue, engine=engine, error=error, loading=False)
+    if _WORKER["stop"] is not None:
+        raise SystemExit(128 + _WORKER["stop"])
 
 
 def _worker_job(job: Job) -> JobResult:
