@@ -521,8 +521,9 @@ _WORKER: dict = {}
 def _worker_signal(signum, frame):
     """SIGTERM in a worker: an idle worker exits at once; a busy one stops at the job's next
     safe point, after cleaning up (see :func:`_worker_job`); one still loading its engine
-    exits once loading is over. Raising while loading would raise inside Numba's ctypes
-    callbacks (its object cache), which print the exception as a traceback and go on."""
+    exits once loading is over (it has nothing to clean up yet). Raising while loading would
+    raise inside Numba's ctypes callbacks (its object cache), which print the exception as a
+    traceback and go on."""
     if _WORKER.get("loading"):
         _WORKER["stop"] = signum
     elif _WORKER.get("busy"):
@@ -541,8 +542,8 @@ def _worker_init(loader, options, protect, threads, level, progress_queue):
     signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)
     engine, error = worker_setup(loader, threads, level)
     _WORKER.update(options=options, protect=protect, queue=progress_queue, engine=engine, error=error, loading=False)
-    if _WORKER["stop"] is not None:
-        raise SystemExit(128 + _WORKER["stop"])
+    if _WORKER["stop"] is not None:  # not SystemExit: the pool logs an initializer's exception with a traceback
+        os._exit(128 + _WORKER["stop"])
 
 
 def _worker_job(job: Job) -> JobResult:
