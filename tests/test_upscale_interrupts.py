@@ -280,8 +280,8 @@ def test_signal_with_two_workers(tmp_path, model, sig, group):
 def test_a_worker_stopped_while_loading_its_engine_leaves_after_loading():
     """SIGTERM that reaches a worker while it loads the model (Numba loading its cache, through
     ctypes callbacks that would print an exception raised there as a traceback) is held until
-    loading is over; then the worker exits with 128 + SIGTERM, without the traceback a process
-    pool logs for an initializer that raises."""
+    loading is over; then the worker leaves without the traceback a process pool logs for an
+    initializer that raises, and the pool reports it stopped."""
     code = """if True:
         import multiprocessing, os, signal
         from concurrent.futures import ProcessPoolExecutor
