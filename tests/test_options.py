@@ -54,6 +54,10 @@ def test_generated_files_are_up_to_date():
 
 @pytest.mark.parametrize("path", OPTION_FILES, ids=_rel)
 def test_option_file(path, basicsr_env):
+    _check_option_file(path, basicsr_env)
+
+
+def _check_option_file(path, basicsr_env):
     registry, build_network, loader = basicsr_env
     opt = _load(path, loader)
 
@@ -139,3 +143,81 @@ def test_test_options_cover_the_benchmarks(basicsr_env):
             train = _load(ROOT / "options" / "train" / arch / f"train_{arch}_x{s}.yml", loader)
             assert opt["network_g"] == train["network_g"]  # tests the network that was trained
             assert f"experiments/{train['name']}/models/" in opt["path"]["pretrain_network_g"]
+
+
+@pytest.fixture(scope="module")
+def restart_options(tmp_path_factory):
+    """The later warm-restart rounds' option files, written by scripts/make_restart_options.py."""
+    out = tmp_path_factory.mktemp("restarts")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_restart_options.py"), str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+def test_restart_option_files_are_valid(restart_options, basicsr_env):
+    out, _ = restart_options
+    files = sorted(out.glob("*.yml"))
+    assert len(files) >= 2 * 3  # at least one later round at each scale
+    for path in files:
+        _check_option_file(path, basicsr_env)
+
+
+def test_restart_rounds_chain_each_stage_to_the_last(restart_options, basicsr_env):
+    """Each printed command trains from the checkpoint the command before it leaves."""
+    out, printed = restart_options
+    loader = basicsr_env[2]
+    first = {s: _load(ROOT / "options" / "train" / "Shipped" / f"repolish_SCALESNet_robust_x{s}.yml", loader)
+             for s in (2, 3, 4)}
+    scale, last_ckpt, exported = None, None, {}
+    for line in printed.splitlines():
+        if line.startswith("# x"):
+            scale = int(line[3:])
+            last_ckpt = f"experiments/{first[scale]['name']}/models/net_g_{first[scale]['train']['total_iter']}.pth"
+        elif line.startswith("ebsr-export") and "ebsr_basicsr/weights" not in line:
+            assert line.split()[1] == last_ckpt
+            exported[line.split()[-1]] = last_ckpt
+        elif line.startswith("python -m ebsr_basicsr.training.import_model"):
+            model, ckpt = line.split()[-2:]
+            assert model in exported
+            last_ckpt = ckpt
+        elif line.startswith("basicsr train"):
+            opt = _load(line.split()[3], loader)
+            assert opt["scale"] == scale and opt["path"]["pretrain_network_g"] == last_ckpt
+            assert opt["path"]["param_key_g"] == "params_ema"
+            last_ckpt = f"experiments/{opt['name']}/models/net_g_{opt['train']['total_iter']}.pth"
+        elif line.startswith("ebsr-export"):  # the shipped model: the last stage of its scale
+            assert line.split()[1] == last_ckpt and line.endswith(f"robust_x{scale}.ebsr")
+
+
+def test_restart_rounds_follow_the_table(restart_options, basicsr_env):
+    out, _ = restart_options
+    loader = basicsr_env[2]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import make_restart_options as mro
+    finally:
+        sys.path.pop(0)
+    for scale, rounds in mro.ROUNDS.items():
+        first_rewarm = _load(ROOT / "options" / "train" / "Shipped" / f"rewarm_SCALESNet_robust_x{scale}.yml", loader)
+        first_polish = _load(ROOT / "options" / "train" / "Shipped" / f"repolish_SCALESNet_robust_x{scale}.yml", loader)
+        for n, spec in enumerate(rounds, start=2):
+            rewarm = _load(out / f"rewarm{n}_SCALESNet_robust_x{scale}.yml", loader)
+            polish = _load(out / f"repolish{n}_SCALESNet_robust_x{scale}.yml", loader)
+            assert rewarm["train"]["total_iter"] == rewarm["train"]["scheduler"]["periods"][0] == spec.rewarm
+            assert polish["train"]["total_iter"] == polish["train"]["scheduler"]["periods"][0] == spec.repolish
+            assert rewarm["train"]["pixel_opt"]["type"] == "L1Loss"
+            assert polish["train"]["pixel_opt"]["type"] == "MSELoss"
+            assert dict(rewarm["datasets"]["train"]["degradations"]["downscale"]) == _load_text(mro.MIXES[spec.mix])
+            assert polish["datasets"]["train"]["degradations"] == first_polish["datasets"]["train"]["degradations"]
+            for opt, base in ((rewarm, first_rewarm), (polish, first_polish)):
+                ds, base_ds = opt["datasets"]["train"], base["datasets"]["train"]
+                assert ds["gt_size"] == (spec.patch or base_ds["gt_size"])
+                assert ds["batch_size_per_gpu"] == (spec.batch or base_ds["batch_size_per_gpu"])
+                assert opt["train"]["optim_g"] == base["train"]["optim_g"] and opt["network_g"] == base["network_g"]
+
+
+def _load_text(text):
+    import yaml
+
+    return yaml.safe_load(text)
