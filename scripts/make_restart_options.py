@@ -208,9 +208,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in all_files(args.scale).items():
+    files = all_files(args.scale)
+    for name, text in files.items():
         (out / name).write_text(text)
-    print(f"# {len(all_files(args.scale))} option files written to {out}/; then, per scale, in order:")
+    print(f"# {len(files)} option files written to {out}/; then, per scale, in order:")
     for s in args.scale:
         print(f"# x{s}")
         print("\n".join(commands(args.out_dir.rstrip("/"), s)))
