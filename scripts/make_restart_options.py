@@ -11,11 +11,12 @@ by an MSE polish. The first round is committed (``options/train/Shipped/rewarm_`
   ``rewarm`` iterations, the L1 phase's downscale mix (:data:`MIXES`);
 * ``repolishN_SCALESNet_robust_x<s>.yml``: MSE, 1e-4 -> 1e-6, ``repolish`` iterations, the
   first polish's mix;
-* both on HR patches of ``patch`` px in batches of ``batch``, each starting from the previous
-  stage's last EMA weights, or (``from_export``) from the previous stage exported to a model
-  file and imported back (``ebsr_basicsr.training.import_model``: the same function, latent
-  weights rebuilt from signs and scales), which is how a round resumes on a machine that has
-  only the shipped model.
+* both on HR patches of ``patch`` px in batches of ``batch``, cut from the HR crops ``crops``
+  (:data:`CROPS`; patches over 240 px need larger crops than the usual ones), each starting from
+  the previous stage's last EMA weights, or (``from_export``) from the previous stage exported
+  to a model file and imported back (``ebsr_basicsr.training.import_model``: the same function,
+  latent weights rebuilt from signs and scales), which is how a round resumes on a machine that
+  has only the shipped model.
 
 The script writes every round's files into OUT_DIR and prints, per scale and in order, the
 commands that train them (run from the folder holding ``datasets/`` and ``experiments/``) and
@@ -38,6 +39,12 @@ MIXES = {
     "cubic": "{matlab: 0.05, cubic: 0.8, area: 0.1, linear: 0.05}",  # more OpenCV cubic for the L1 phase
 }
 
+# HR crops other than the usual datasets/photos (240 px): name -> the ebsr-prepare options that make them.
+CROPS = {
+    "photos300": "--crop-size 300 --step 204 --min-grad 2",  # for HR patches of 256 (x4) and 240 (x3)
+}
+USUAL_CROPS = "photos"
+
 
 @dataclass(frozen=True)
 class Round:
@@ -46,6 +53,7 @@ class Round:
     mix: str  # key of MIXES for the L1 phase
     patch: int | None = None  # HR patch size (None: the first round's)
     batch: int | None = None  # batch size (None: the first round's)
+    crops: str | None = None  # key of CROPS (None: the usual 240 px crops)
     from_export: bool = False  # start from the previous stage's exported file imported back
 
 
@@ -137,6 +145,8 @@ def round_files(scale: int, n: int) -> dict[str, str]:
     patch = ""
     if spec.patch is not None:
         patch = f", on HR patches of {spec.patch} (batch {spec.batch})"
+    if spec.crops is not None:
+        patch += f" cut from the {spec.crops} crops"
     start = f"stage {stage - 1}'s EMA weights"
     if spec.from_export:
         start = (f"stage {stage - 1} exported to a model file and imported back ({_imported_checkpoint(prev_name)}: "
@@ -166,8 +176,17 @@ def round_files(scale: int, n: int) -> dict[str, str]:
         if spec.patch is not None:
             text = _replace(text, "    gt_size:", str(spec.patch))
             text = _replace(text, "    batch_size_per_gpu:", str(spec.batch))
+        if spec.crops is not None:
+            usual = f"    dataroot_gt: {crops_folder(USUAL_CROPS)}\n"
+            if text.count(usual) != 1:
+                raise ValueError(f"expected one line {usual.strip()!r}")
+            text = text.replace(usual, f"    dataroot_gt: {crops_folder(spec.crops)}\n")
         files[option_file_name(kind, scale, n)] = header + text
     return files
+
+
+def crops_folder(crops: str) -> str:
+    return f"datasets/{crops}/photos_train_HR_sub"
 
 
 def all_files(scales=(2, 3, 4)) -> dict[str, str]:
@@ -181,6 +200,8 @@ def all_files(scales=(2, 3, 4)) -> dict[str, str]:
 def commands(out_dir: str, scale: int) -> list[str]:
     """The shell commands that train rounds 2... at ``scale`` in order and export the last stage."""
     lines = []
+    for crops in dict.fromkeys(r.crops for r in ROUNDS[scale] if r.crops is not None):
+        lines.append(f"ebsr-prepare photos-train/ --out datasets/{crops} --name photos {CROPS[crops]}")
     for n in range(2, len(ROUNDS[scale]) + 2):
         spec = ROUNDS[scale][n - 2]
         if spec.from_export:

@@ -214,6 +214,7 @@ def test_restart_rounds_follow_the_table(restart_options, basicsr_env):
                 ds, base_ds = opt["datasets"]["train"], base["datasets"]["train"]
                 assert ds["gt_size"] == (spec.patch or base_ds["gt_size"])
                 assert ds["batch_size_per_gpu"] == (spec.batch or base_ds["batch_size_per_gpu"])
+                assert ds["dataroot_gt"] == (mro.crops_folder(spec.crops) if spec.crops else base_ds["dataroot_gt"])
                 assert opt["train"]["optim_g"] == base["train"]["optim_g"] and opt["network_g"] == base["network_g"]
 
 
