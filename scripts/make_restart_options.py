@@ -41,7 +41,7 @@ MIXES = {
 
 # HR crops other than the usual datasets/photos (240 px): name -> the ebsr-prepare options that make them.
 CROPS = {
-    "photos300": "--crop-size 300 --step 204 --min-grad 2",  # for HR patches of 256 (x4) and 240 (x3)
+    "photos300": "--crop-size 300 --step 204 --min-grad 2",  # 300 px, so that a 240 px patch's position still varies
 }
 USUAL_CROPS = "photos"
 
