@@ -92,11 +92,14 @@ def option_file_name(kind: str, scale: int, n: int) -> str:
     return f"{kind}{'' if n == 1 else n}_SCALESNet_robust_x{scale}.yml"
 
 
-def _replace(text: str, key: str, value: str) -> str:
-    """Set the value of the one line that starts with ``key`` (indent included, e.g. ``"  total_iter:"``)."""
-    new, count = re.subn(rf"^{re.escape(key)} .*$", lambda m: f"{key} {value}", text, flags=re.M)
+def _replace(text: str, key: str, value: str, current: str | None = None) -> str:
+    """Set the value of the one line that starts with ``key`` (indent included, e.g. ``"  total_iter:"``),
+    or, given ``current``, of the one line that reads ``key current``."""
+    old = ".*" if current is None else re.escape(current)
+    new, count = re.subn(rf"^{re.escape(key)} {old}$", lambda m: f"{key} {value}", text, flags=re.M)
     if count != 1:
-        raise ValueError(f"expected one line starting with {key!r}, found {count}")
+        raise ValueError(f"expected one line starting with {key!r}{'' if current is None else ' ' + current}, "
+                         f"found {count}")
     return new
 
 
@@ -178,10 +181,7 @@ def round_files(scale: int, n: int) -> dict[str, str]:
             text = _replace(text, "    gt_size:", str(spec.patch))
             text = _replace(text, "    batch_size_per_gpu:", str(spec.batch))
         if spec.crops is not None:
-            usual = f"    dataroot_gt: {crops_folder(USUAL_CROPS)}\n"
-            if text.count(usual) != 1:
-                raise ValueError(f"expected one line {usual.strip()!r}")
-            text = text.replace(usual, f"    dataroot_gt: {crops_folder(spec.crops)}\n")
+            text = _replace(text, "    dataroot_gt:", crops_folder(spec.crops), current=crops_folder(USUAL_CROPS))
         files[option_file_name(kind, scale, n)] = header + text
     return files
 
