@@ -8,7 +8,8 @@ by an MSE polish. The first round is committed (``options/train/Shipped/rewarm_`
 :data:`ROUNDS` lists changed, so it is written from it rather than kept as a near-copy:
 
 * ``rewarmN_SCALESNet_robust_x<s>.yml``: L1, 2e-4 -> 1e-6 (cosine, 100 warm-up iterations),
-  ``rewarm`` iterations, the L1 phase's downscale mix (:data:`MIXES`);
+  ``rewarm`` iterations, the L1 phase's downscale mix (:data:`MIXES`); a round with
+  ``rewarm=0`` has no such stage and polishes only;
 * ``repolishN_SCALESNet_robust_x<s>.yml``: MSE, 1e-4 -> 1e-6, ``repolish`` iterations, the
   first polish's mix;
 * both on HR patches of ``patch`` px in batches of ``batch``, cut from the HR crops ``crops``
@@ -48,7 +49,7 @@ USUAL_CROPS = "photos"
 
 @dataclass(frozen=True)
 class Round:
-    rewarm: int  # iterations of the L1 warm restart
+    rewarm: int  # iterations of the L1 warm restart (0: none, the round is an MSE polish only)
     repolish: int  # iterations of the MSE polish
     mix: str  # key of MIXES for the L1 phase
     patch: int | None = None  # HR patch size (None: the first round's)
@@ -71,11 +72,13 @@ ROUNDS: dict[int, list[Round]] = {
         Round(4000, 1000, "polish"),
         Round(4000, 1000, "cubic", patch=144, batch=8),
         Round(3000, 1000, "cubic", patch=240, batch=8, crops="photos300", from_export=True),
+        Round(3000, 500, "cubic", patch=240, batch=8, crops="photos300", from_export=True),
     ],
     4: [
         Round(8000, 1500, "polish"),
         Round(8000, 1500, "polish", patch=192, batch=8),
         Round(6000, 1500, "cubic", patch=192, batch=8),
+        Round(0, 1000, "polish", patch=192, batch=8, from_export=True),
     ],
 }
 RUN_LINE = "# Run from the folder holding datasets/ and experiments/:  basicsr train -opt <this file> --auto_resume\n"
@@ -139,10 +142,15 @@ def _wrap(text: str, width: int = 96) -> str:
     return "\n".join(lines + [line]) + "\n"
 
 
+def _kinds(scale: int, n: int) -> tuple[str, ...]:
+    """The stages of round ``n`` in order: ("rewarm", "repolish"), or ("repolish",) without a warm restart."""
+    return ("repolish",) if n > 1 and ROUNDS[scale][n - 2].rewarm == 0 else ("rewarm", "repolish")
+
+
 def round_files(scale: int, n: int) -> dict[str, str]:
-    """The two option files of round ``n >= 2`` at ``scale``: {file name: text}."""
+    """The option files of round ``n >= 2`` at ``scale`` (two, or one without a warm restart): {file name: text}."""
     spec = ROUNDS[scale][n - 2]
-    stage = _first_stage(scale) + 2 * (n - 1)
+    stage = _first_stage(scale) + 2 + sum(len(_kinds(scale, m)) for m in range(2, n))  # of the rewarm, had it one
     prev_name = stage_name("repolish", scale, n - 1)
     prev_ckpt = _last_checkpoint(prev_name, _iterations(scale, "repolish", n - 1))
     rewarm_name = stage_name("rewarm", scale, n)
@@ -155,18 +163,25 @@ def round_files(scale: int, n: int) -> dict[str, str]:
     if spec.from_export:
         start = (f"stage {stage - 1} exported to a model file and imported back ({_imported_checkpoint(prev_name)}: "
                  f"the same function, latent weights rebuilt from signs and scales)")
-    files = {}
-    for kind, body_start, iters, about in (
-        ("rewarm", _imported_checkpoint(prev_name) if spec.from_export else prev_ckpt, spec.rewarm,
+    round_start = _imported_checkpoint(prev_name) if spec.from_export else prev_ckpt
+    stages = [
+        ("rewarm", round_start, spec.rewarm,
          f"the {ORDINALS[n]} warm restart, {spec.rewarm:,} iterations of 2e-4 -> 1e-6 (cosine, 100 warm-up "
          f"iterations) from {start} with the L1 loss and the mix {MIXES[spec.mix]}{patch}."),
         ("repolish", _last_checkpoint(rewarm_name, spec.rewarm), spec.repolish,
          f"{spec.repolish:,} iterations of 1e-4 -> 1e-6 from stage {stage}'s EMA weights with the MSE loss and the "
          f"mix of polish_SCALESNet_robust_x{scale}.yml{patch}."),
-    ):
+    ]
+    if spec.rewarm == 0:  # round n polishes only, from where the warm restart would have started
+        stage -= 1
+        stages = [("repolish", round_start, spec.repolish,
+                   f"round {n}, an MSE polish only: {spec.repolish:,} iterations of 1e-4 -> 1e-6 from {start} with "
+                   f"the mix of polish_SCALESNet_robust_x{scale}.yml{patch}.")]
+    files = {}
+    for kind, body_start, iters, about in stages:
         this_stage = stage if kind == "rewarm" else stage + 1
-        prev_file = option_file_name("repolish", scale, n - 1) if kind == "rewarm" else option_file_name(
-            "rewarm", scale, n)
+        prev_file = option_file_name("rewarm", scale, n) if len(stages) == 2 and kind == "repolish" else \
+            option_file_name("repolish", scale, n - 1)
         header = _wrap(f"Stage {this_stage} of the robust x{scale} default model (stage {this_stage - 1}: "
                        f"{prev_file}): {about} Written by scripts/make_restart_options.py.")
         header += RUN_LINE
@@ -213,7 +228,7 @@ def commands(out_dir: str, scale: int) -> list[str]:
                          f"-o experiments/{prev}/model.ebsr")
             lines.append(f"python -m ebsr_basicsr.training.import_model experiments/{prev}/model.ebsr "
                          f"{_imported_checkpoint(prev)}")
-        for kind in ("rewarm", "repolish"):
+        for kind in _kinds(scale, n):
             lines.append(f"basicsr train -opt {out_dir}/{option_file_name(kind, scale, n)} --auto_resume")
     last = len(ROUNDS[scale]) + 1
     ckpt = _last_checkpoint(stage_name("repolish", scale, last), ROUNDS[scale][-1].repolish)
