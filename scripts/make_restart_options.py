@@ -149,38 +149,38 @@ def _kinds(scale: int, n: int) -> tuple[str, ...]:
 def round_files(scale: int, n: int) -> dict[str, str]:
     """The option files of round ``n >= 2`` at ``scale`` (two, or one without a warm restart): {file name: text}."""
     spec = ROUNDS[scale][n - 2]
-    stage = _first_stage(scale) + 2 + sum(len(_kinds(scale, m)) for m in range(2, n))  # of the rewarm, had it one
+    kinds = _kinds(scale, n)
+    first = _first_stage(scale) + 2 + sum(len(_kinds(scale, m)) for m in range(2, n))  # the round's first stage
     prev_name = stage_name("repolish", scale, n - 1)
-    prev_ckpt = _last_checkpoint(prev_name, _iterations(scale, "repolish", n - 1))
-    rewarm_name = stage_name("rewarm", scale, n)
     patch = ""
     if spec.patch is not None:
         patch = f", on HR patches of {spec.patch} (batch {spec.batch})"
     if spec.crops is not None:
         patch += f" cut from the {spec.crops} crops"
-    start = f"stage {stage - 1}'s EMA weights"
+    start = f"stage {first - 1}'s EMA weights"
+    round_start = _last_checkpoint(prev_name, _iterations(scale, "repolish", n - 1))
     if spec.from_export:
-        start = (f"stage {stage - 1} exported to a model file and imported back ({_imported_checkpoint(prev_name)}: "
+        start = (f"stage {first - 1} exported to a model file and imported back ({_imported_checkpoint(prev_name)}: "
                  f"the same function, latent weights rebuilt from signs and scales)")
-    round_start = _imported_checkpoint(prev_name) if spec.from_export else prev_ckpt
-    stages = [
-        ("rewarm", round_start, spec.rewarm,
-         f"the {ORDINALS[n]} warm restart, {spec.rewarm:,} iterations of 2e-4 -> 1e-6 (cosine, 100 warm-up "
-         f"iterations) from {start} with the L1 loss and the mix {MIXES[spec.mix]}{patch}."),
-        ("repolish", _last_checkpoint(rewarm_name, spec.rewarm), spec.repolish,
-         f"{spec.repolish:,} iterations of 1e-4 -> 1e-6 from stage {stage}'s EMA weights with the MSE loss and the "
-         f"mix of polish_SCALESNet_robust_x{scale}.yml{patch}."),
-    ]
-    if spec.rewarm == 0:  # round n polishes only, from where the warm restart would have started
-        stage -= 1
-        stages = [("repolish", round_start, spec.repolish,
-                   f"round {n}, an MSE polish only: {spec.repolish:,} iterations of 1e-4 -> 1e-6 from {start} with "
-                   f"the mix of polish_SCALESNet_robust_x{scale}.yml{patch}.")]
+        round_start = _imported_checkpoint(prev_name)
+    polish_about = (f"{spec.repolish:,} iterations of 1e-4 -> 1e-6 from {{}} with the MSE loss and the mix of "
+                    f"polish_SCALESNet_robust_x{scale}.yml{patch}.")
+    if "rewarm" in kinds:
+        stages = {
+            "rewarm": (round_start, spec.rewarm,
+                       f"the {ORDINALS[n]} warm restart, {spec.rewarm:,} iterations of 2e-4 -> 1e-6 (cosine, 100 "
+                       f"warm-up iterations) from {start} with the L1 loss and the mix {MIXES[spec.mix]}{patch}."),
+            "repolish": (_last_checkpoint(stage_name("rewarm", scale, n), spec.rewarm), spec.repolish,
+                         polish_about.format(f"stage {first}'s EMA weights")),
+        }
+    else:
+        stages = {"repolish": (round_start, spec.repolish, f"round {n}, an MSE polish only: "
+                               + polish_about.format(start))}
     files = {}
-    for kind, body_start, iters, about in stages:
-        this_stage = stage if kind == "rewarm" else stage + 1
-        prev_file = option_file_name("rewarm", scale, n) if len(stages) == 2 and kind == "repolish" else \
-            option_file_name("repolish", scale, n - 1)
+    for i, kind in enumerate(kinds):
+        body_start, iters, about = stages[kind]
+        this_stage = first + i
+        prev_file = option_file_name(kinds[i - 1], scale, n) if i else option_file_name("repolish", scale, n - 1)
         header = _wrap(f"Stage {this_stage} of the robust x{scale} default model (stage {this_stage - 1}: "
                        f"{prev_file}): {about} Written by scripts/make_restart_options.py.")
         header += RUN_LINE
