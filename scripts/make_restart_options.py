@@ -72,6 +72,7 @@ ROUNDS: dict[int, list[Round]] = {
         Round(4000, 1000, "polish"),
         Round(4000, 1000, "cubic", patch=144, batch=8),
         Round(3000, 1000, "cubic", patch=240, batch=8, crops="photos300", from_export=True),
+        Round(0, 1000, "polish", patch=240, batch=8, crops="photos300", from_export=True),
     ],
     4: [
         Round(8000, 1500, "polish"),
